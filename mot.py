@@ -1,0 +1,348 @@
+"""
+A GPT whose feed-forward layers are dense, Mixture of Tokens (MoT) or sparse Mixture of Experts (MoE).
+
+Mixture of Tokens: "Mixture of Tokens: Continuous MoE through Cross-Example Aggregation",
+Antoniak et al., arXiv 2310.15961. Read top to bottom: config, attention, the three FFNs
+(dense, MoT, MoE), block, GPT. Section numbers (§) refer to MOT_SPEC.md.
+"""
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+FFN_KINDS = ("dense", "mot", "moe")
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 256
+    vocab_size: int = 50304
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.0
+    bias: bool = False  # biases in Linears and LayerNorms (experts never have biases)
+    ffn: str = "dense"  # "dense" | "mot" | "moe"
+    n_dense_layers: int = 0  # the first n blocks keep a dense FFN (the paper: the first half)
+    n_experts: int = 32
+    group_size: int = 32  # MoT: examples mixed together at each position (§1)
+    expert_size: Optional[int] = None  # hidden width of one expert; None = FLOP-matched to dense
+    temperature: float = 1.0  # MoT softmax temperature τ
+    learnable_temperature: bool = False  # MoT: τ = exp(θ), θ learned
+    mot_routing: str = "continuous"  # MoT: "continuous" (softmax) | "discrete" (one-hot argmax, τ → 0)
+    moe_top_k: int = 1
+    moe_routing: str = "token_choice"  # MoE: "token_choice" | "expert_choice" (NOT causal)
+    capacity_factor: Optional[float] = None  # MoE: None = dropless
+    aux_loss_coef: float = 0.01  # MoE: Switch load-balancing loss weight α
+
+    def __post_init__(self):
+        def require(ok, field, why):
+            if not ok:
+                raise ValueError(f"GPTConfig.{field}={getattr(self, field)!r}: {why}")
+
+        for field in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "n_experts",
+                      "group_size", "moe_top_k"):
+            require(getattr(self, field) > 0, field, "must be a positive integer")
+        require(self.ffn in FFN_KINDS, "ffn", f"must be one of {FFN_KINDS}")
+        require(self.n_embd % self.n_head == 0, "n_embd", f"must be divisible by n_head={self.n_head}")
+        require(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
+        require(0 <= self.n_dense_layers <= self.n_layer, "n_dense_layers", "must be in [0, n_layer]")
+        require(self.temperature > 0, "temperature", "must be > 0")
+        require(self.mot_routing in ("continuous", "discrete"), "mot_routing",
+                "must be 'continuous' or 'discrete'")
+        require(self.moe_routing in ("token_choice", "expert_choice"), "moe_routing",
+                "must be 'token_choice' or 'expert_choice'")
+        require(self.moe_top_k <= self.n_experts, "moe_top_k", f"must be <= n_experts={self.n_experts}")
+        require(self.capacity_factor is None or self.capacity_factor > 0, "capacity_factor",
+                "must be > 0, or None for dropless")
+        require(self.aux_loss_coef >= 0, "aux_loss_coef", "must be >= 0")
+        if self.expert_size is None and self.ffn != "dense":  # §6: E·H/G = 4C (MoT), k·H = 4C (MoE)
+            hidden, per = ((4 * self.n_embd * self.group_size, self.n_experts) if self.ffn == "mot"
+                           else (4 * self.n_embd, self.moe_top_k))
+            require(hidden % per == 0, "expert_size", f"the FLOP-matched default {hidden}/{per} is not "
+                    f"an integer: set expert_size, or change n_experts/group_size/moe_top_k")
+            self.expert_size = hidden // per
+        require(self.expert_size is None or self.expert_size > 0, "expert_size", "must be positive")
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+# The one activation of every FFN, so that comparisons are fair (the MoT reference uses ReLU, §4).
+activation = F.relu
+
+
+class MLP(nn.Module):
+    """The dense FFN: C -> 4C -> C."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(activation(self.c_fc(x))))
+
+    def num_active_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def mixing_macs_per_token(self) -> int:
+        return 0
+
+
+class MixtureOfTokens(nn.Module):
+    """Mixture of Tokens (§1-§5): each expert processes one weighted mix of the G tokens that share
+    a position across the G consecutive examples of a group, and sends its output back to them
+    with the same weights.
+
+    In eval mode a batch that is not a multiple of group_size is padded with zero rows (§8) so that
+    one sequence can be decoded. The padding rows take part in the softmax, so the real rows'
+    outputs differ from what they would be in a full group of real examples."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        C, E, H = config.n_embd, config.n_experts, config.expert_size
+        self.group_size, self.discrete = config.group_size, config.mot_routing == "discrete"
+        self.controller = nn.Parameter(torch.empty(C, E))  # W_ctrl, no bias (§2)
+        self.w1 = nn.Parameter(torch.empty(E, C, H))  # stacked experts (§4)
+        self.w2 = nn.Parameter(torch.empty(E, H, C))
+        log_temperature = torch.tensor(math.log(config.temperature))  # τ = exp(θ) stays > 0
+        if config.learnable_temperature:
+            self.log_temperature = nn.Parameter(log_temperature)
+        else:
+            self.register_buffer("log_temperature", log_temperature)
+        self.dropout = nn.Dropout(config.dropout)
+        self.merge_weights: Optional[torch.Tensor] = None  # (B, T, E) of the last forward, detached
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.log_temperature.exp()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        G, E = self.group_size, self.w1.shape[0]
+        if B % G:
+            if self.training:
+                raise ValueError(f"MoT: batch size {B} is not divisible by group_size={G}; "
+                                 f"use a batch size that is a multiple of {G} or change group_size")
+            x = torch.cat([x, x.new_zeros(G - B % G, T, C)])  # pad to whole groups (§8)
+        xg = x.view(-1, G, T, C)  # (nG, G, T, C): group g holds examples g*G .. g*G+G-1 (§1)
+        logits = xg @ self.controller  # (nG, G, T, E)
+        if self.discrete:  # the τ → 0 limit: each expert takes the top token of its group
+            weights = torch.zeros_like(logits).scatter_(1, logits.argmax(1, keepdim=True), 1.0)
+        else:  # softmax over the G tokens of a group, separately per position and expert (§2)
+            weights = torch.softmax(logits / self.temperature, dim=1)  # (nG, G, T, E)
+        self.merge_weights = weights.detach().view(-1, T, E)[:B]
+        merged = torch.einsum("gite,gitc->gtec", weights, xg)  # (nG, T, E, C) one token per expert (§3)
+        hidden = activation(torch.einsum("gtec,ech->egth", merged, self.w1))  # (E, nG, T, H) (§4)
+        y = torch.einsum("egth,ehc->gtec", hidden, self.w2)  # (nG, T, E, C)
+        out = torch.einsum("gite,gtec->gitc", weights, y)  # (nG, G, T, C) emit, same weights (§5)
+        return self.dropout(out.reshape(-1, T, C)[:B])
+
+    def num_active_params(self) -> int:
+        # Each group of G tokens pays for one application of every expert (§6).
+        return self.controller.numel() + (self.w1.numel() + self.w2.numel()) // self.group_size
+
+    def mixing_macs_per_token(self) -> int:
+        return 2 * self.controller.numel()  # merge and emit: C·E each (the controller is a parameter)
+
+
+class MixtureOfExperts(nn.Module):
+    """Sparse MoE baseline (§9). Token choice: each token goes to its top-k experts, weighted by its
+    router probabilities; with a capacity factor an expert takes at most
+    ceil(capacity_factor·N·k/E) tokens and the rest are dropped (the residual carries them).
+    Expert choice: each expert takes its top-c tokens of the whole batch. It looks at all positions
+    at once, so it is NOT causal: a training baseline only, wrong for autoregressive decoding.
+
+    self.aux_loss holds the Switch load-balancing loss α·E·Σ_e f_e·P_e of the last forward
+    (token choice; 0 for expert choice, which is balanced by construction)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        C, E, H = config.n_embd, config.n_experts, config.expert_size
+        self.top_k, self.capacity_factor = config.moe_top_k, config.capacity_factor
+        self.expert_choice, self.aux_loss_coef = config.moe_routing == "expert_choice", config.aux_loss_coef
+        self.router = nn.Parameter(torch.empty(C, E))
+        self.w1 = nn.Parameter(torch.empty(E, C, H))
+        self.w2 = nn.Parameter(torch.empty(E, H, C))
+        self.dropout = nn.Dropout(config.dropout)
+        self.aux_loss = torch.zeros(())
+
+    def experts(self, tokens: torch.Tensor) -> torch.Tensor:  # (E, n, C) -> (E, n, C)
+        return activation(tokens @ self.w1) @ self.w2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        E, k = self.w1.shape[0], self.top_k
+        xf = x.reshape(-1, C)  # (N, C)
+        N = xf.shape[0]
+        probs = torch.softmax(xf @ self.router, dim=-1)  # (N, E)
+        out = torch.zeros_like(xf)
+        if self.expert_choice:
+            capacity = min(N, math.ceil(N * k * (self.capacity_factor or 1.0) / E))
+            gates, token = probs.t().topk(capacity, dim=1)  # (E, c): each expert picks its tokens
+            y = self.experts(xf[token]) * gates.unsqueeze(-1)  # (E, c, C)
+            out.index_add_(0, token.flatten(), y.view(-1, C))
+            self.aux_loss = torch.zeros((), device=x.device)
+            return self.dropout(out.view(B, T, C))
+        gates, expert = probs.topk(k, dim=-1)  # (N, k)
+        # Assignments in priority order: every token's 1st choice, then every token's 2nd, ...
+        expert, gates = expert.t().flatten(), gates.t().flatten()  # (k*N,)
+        token = torch.arange(N, device=x.device).repeat(k)
+        one_hot = F.one_hot(expert, E)  # (k*N, E)
+        slot = ((one_hot.cumsum(0) - 1) * one_hot).sum(1)  # position of each assignment in its expert's queue
+        load = one_hot.sum(0)  # (E,) assignments per expert
+        if self.capacity_factor is None:  # dropless: the buffer fits the busiest expert
+            capacity = int(load.max())
+        else:
+            capacity = math.ceil(self.capacity_factor * N * k / E)
+        keep = slot < capacity
+        expert, gates, token, slot = expert[keep], gates[keep], token[keep], slot[keep]
+        buffer = xf.new_zeros(E * capacity, C).index_copy(0, expert * capacity + slot, xf[token])
+        y = self.experts(buffer.view(E, capacity, C)).view(-1, C)[expert * capacity + slot]
+        out.index_add_(0, token, y * gates.unsqueeze(-1))
+        # Switch load balancing: f_e = fraction of assignments to e, P_e = mean probability of e.
+        self.aux_loss = self.aux_loss_coef * E * (load.float() / (N * k) * probs.mean(0)).sum()
+        return self.dropout(out.view(B, T, C))
+
+    def num_active_params(self) -> int:
+        experts_per_token = self.top_k * (self.capacity_factor or 1.0 if self.expert_choice else 1)
+        per_expert = (self.w1.numel() + self.w2.numel()) // self.w1.shape[0]
+        return self.router.numel() + int(experts_per_token * per_expert)
+
+    def mixing_macs_per_token(self) -> int:
+        return 0
+
+
+FFNS = {"dense": MLP, "mot": MixtureOfTokens, "moe": MixtureOfExperts}
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, ffn: str):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ffn = FFNS[ffn](config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.ffn(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, "dense" if i < config.n_dense_layers else config.ffn)
+                             for i in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        self.aux_loss = torch.zeros(())  # sum of the MoE layers' load-balancing losses, last forward
+        self.apply(self._init_weights)
+        # GPT-2: scale the residual projections' init by 1/sqrt(2·n_layer)
+        residual_std = 0.02 / math.sqrt(2 * config.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight") or name.endswith(".w2"):
+                nn.init.normal_(p, mean=0.0, std=residual_std)
+
+    def _init_weights(self, module: nn.Module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (MixtureOfTokens, MixtureOfExperts)):
+            for p in (module.w1, module.w2, getattr(module, "controller", None), getattr(module, "router", None)):
+                if p is not None:
+                    nn.init.normal_(p, mean=0.0, std=0.02)
+
+    def ffns(self, kind: type) -> list:
+        return [b.ffn for b in self.transformer.h if isinstance(b.ffn, kind)]
+
+    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None):
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size={self.config.block_size}")
+        pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x)
+        x = self.transformer.ln_f(x)
+        self.aux_loss = sum((m.aux_loss for m in self.ffns(MixtureOfExperts)), torch.zeros((), device=idx.device))
+        if targets is None:  # inference: only the last position is needed
+            return self.lm_head(x[:, [-1], :]), None
+        logits = self.lm_head(x)  # (B, T, vocab)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    def get_num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def get_num_active_params(self) -> int:
+        """Parameters whose multiply-adds one token pays for (non-embedding, lm_head counted)."""
+        ffn_all = sum(p.numel() for b in self.transformer.h for p in b.ffn.parameters())
+        ffn_active = sum(b.ffn.num_active_params() for b in self.transformer.h)
+        return self.get_num_params() - ffn_all + ffn_active
+
+    def flops_per_token(self, seq_len: Optional[int] = None) -> int:
+        """Forward+backward FLOPs per token, counting active experts only and MoT's mixing (PaLM App. B)."""
+        cfg, T = self.config, seq_len or self.config.block_size
+        mixing = sum(b.ffn.mixing_macs_per_token() for b in self.transformer.h)
+        return 6 * (self.get_num_active_params() + mixing) + 12 * cfg.n_layer * cfg.n_embd * T
+
+    def estimate_mfu(self, fwdbwd_per_iter: int, dt: float, peak_flops: float = 312e12) -> float:
+        """Model FLOPs utilisation against `peak_flops` (default: A100 bf16)."""
+        flops = self.flops_per_token() * self.config.block_size * fwdbwd_per_iter
+        return flops / dt / peak_flops
+
+    def configure_optimizers(self, weight_decay: float, learning_rate: float, betas, device_type: str):
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **(dict(fused=True) if fused else {}))
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: Optional[int] = None) -> torch.Tensor:
+        """Sample max_new_tokens after idx (B, T). Call model.eval() first. For MoT the B sequences
+        are mixed in groups of group_size, as in training (a partial group is padded, §8)."""
+        for _ in range(max_new_tokens):
+            idx_cond = idx[:, -self.config.block_size:]
+            logits, _ = self(idx_cond)
+            logits = logits[:, -1, :] / temperature
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float("inf")
+            idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx
