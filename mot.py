@@ -161,6 +161,16 @@ class MixtureOfTokens(nn.Module):
         out = torch.einsum("gite,gtec->gitc", weights, y)  # (nG, G, T, C) emit, same weights (§5)
         return self.dropout(out.reshape(-1, T, C)[:B])
 
+    def merge_entropy(self) -> float:
+        """Mean entropy of the last forward's merge weights over each group, divided by log(G):
+        1 = every expert takes the plain average of its group, 0 = one token per expert."""
+        G = self.group_size
+        if G == 1:
+            return 0.0
+        B, T, E = self.merge_weights.shape
+        w = self.merge_weights.view(B // G, G, T, E)
+        return (-(w * w.clamp_min(1e-30).log()).sum(1).mean() / math.log(G)).item()
+
     def num_active_params(self) -> int:
         # Each group of G tokens pays for one application of every expert (§6).
         return self.controller.numel() + (self.w1.numel() + self.w2.numel()) // self.group_size

@@ -1,0 +1,24 @@
+"""TinyShakespeare, one token per character -> train.bin, val.bin (uint16) and meta.json.
+Uses input.txt beside this script, downloading it when missing."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from prepare_common import read_or_download, write_meta, write_tokens  # noqa: E402
+
+
+def prepare(out_dir: str) -> None:
+    text = read_or_download(os.path.join(out_dir, "input.txt"))
+    chars = sorted(set(text))
+    stoi = {ch: i for i, ch in enumerate(chars)}
+    ids = [stoi[ch] for ch in text]
+    n = int(0.9 * len(ids))
+    write_tokens(ids[:n], os.path.join(out_dir, "train.bin"))
+    write_tokens(ids[n:], os.path.join(out_dir, "val.bin"))
+    write_meta(out_dir, tokenizer="char", vocab_size=len(chars), chars=chars)
+    print(f"{len(text):,} characters, vocab {len(chars)}: train {n:,} tokens, val {len(ids) - n:,} tokens")
+
+
+if __name__ == "__main__":
+    prepare(os.path.dirname(os.path.abspath(__file__)))

@@ -1,0 +1,321 @@
+"""
+Train a GPT whose FFN is dense, Mixture of Tokens or MoE. nanoGPT's conventions:
+
+    python train.py                                              # defaults below
+    python train.py config/train_shakespeare_char_cpu.py --ffn=mot --max_iters=60
+    torchrun --standalone --nproc_per_node=8 train.py config/train_openwebtext_mot.py
+
+Settings: the defaults in DEFAULTS, then each config/*.py file given (plain assignments), then
+--key=value overrides, in order. Every eval appends a JSON line to out_dir/log.jsonl and saves
+out_dir/ckpt.pt; --init_from=resume continues from it exactly (same batches, same dropout).
+"""
+
+import ast
+import json
+import math
+import os
+import pickle
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, fields
+
+import numpy as np
+import torch
+from torch.distributed import destroy_process_group, init_process_group
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from mot import GPT, GPTConfig, MixtureOfTokens
+
+CUDA = torch.cuda.is_available()
+DEFAULTS = dict(
+    # I/O
+    out_dir="out", eval_interval=250, log_interval=10, eval_iters=200, eval_only=False,
+    always_save_checkpoint=True, init_from="scratch",  # "scratch" | "resume"
+    # data
+    dataset="shakespeare_char", gradient_accumulation_steps=1, batch_size=64,
+    # model: every GPTConfig field (block_size, n_layer, ..., ffn, n_experts, group_size, ...) but
+    # vocab_size, which comes from the dataset's meta.json
+    **{f.name: f.default for f in fields(GPTConfig) if f.name != "vocab_size"},
+    # AdamW and the learning-rate schedule (cosine with linear warmup)
+    learning_rate=6e-4, max_iters=5000, weight_decay=1e-1, beta1=0.9, beta2=0.95, grad_clip=1.0,
+    decay_lr=True, warmup_iters=100, lr_decay_iters=5000, min_lr=6e-5,
+    # system
+    device="cuda" if CUDA else "cpu",
+    dtype="bfloat16" if CUDA and torch.cuda.is_bf16_supported() else "float16" if CUDA else "float32",
+    compile=False, seed=1337,
+)
+
+
+def fail(message: str):
+    raise SystemExit(f"error: {message}")
+
+
+def parse_value(key: str, text: str, default):
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text  # a bare string such as --device=cpu
+    return check_type(key, value, default)
+
+
+def check_type(key: str, value, default):
+    if default is None or value is None:
+        return value
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not type(default):
+        fail(f"--{key}={value!r} is a {type(value).__name__}, expected a {type(default).__name__}")
+    return value
+
+
+def configure(argv: list) -> dict:
+    """DEFAULTS, updated by config files and --key=value arguments, in the order given."""
+    config = dict(DEFAULTS)
+    for arg in argv:
+        if not arg.startswith("--"):
+            if not os.path.exists(arg):
+                fail(f"config file {arg} not found")
+            settings = {}
+            exec(open(arg).read(), {}, settings)
+            updates = {k: v for k, v in settings.items() if not k.startswith("_")}
+        else:
+            key, sep, text = arg[2:].partition("=")
+            if not sep:
+                fail(f"{arg}: write --{key}=VALUE")
+            updates = {key: text}
+        for key, value in updates.items():
+            if key not in config:
+                fail(f"unknown setting {key!r} (from {arg}); see DEFAULTS in train.py for the valid keys")
+            default = DEFAULTS[key]
+            config[key] = (parse_value(key, value, default) if arg.startswith("--")
+                           else check_type(key, value, default))
+    return config
+
+
+def load_checkpoint(path: str, device: str) -> dict:
+    """The checkpoint at `path`, or a one-line error saying what is wrong with it."""
+    if not os.path.exists(path):
+        fail(f"no checkpoint at {path}: train one first (init_from='scratch')")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+        fail(f"cannot read checkpoint {path} (truncated or corrupted?): {str(e).splitlines()[0]}")
+    missing = {"model", "model_args", "iter_num"} - set(checkpoint if isinstance(checkpoint, dict) else {})
+    if missing:
+        fail(f"{path} is not a checkpoint written by this train.py (missing {sorted(missing)})")
+    return checkpoint
+
+
+def save_checkpoint(checkpoint: dict, path: str) -> None:
+    """Write atomically: an interrupted save leaves the previous checkpoint intact."""
+    torch.save(checkpoint, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def rng_state(data_rng: torch.Generator) -> dict:
+    np_state = np.random.get_state(legacy=False)
+    return dict(torch=torch.get_rng_state(), data=data_rng.get_state(), python=random.getstate(),
+                numpy=dict(key=np_state["state"]["key"].tolist(), pos=np_state["state"]["pos"],
+                           has_gauss=np_state["has_gauss"], gauss=np_state["gauss"]),
+                cuda=torch.cuda.get_rng_state_all() if CUDA else [])
+
+
+def set_rng_state(state: dict, data_rng: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    data_rng.set_state(state["data"].cpu())
+    random.setstate(state["python"])
+    numpy = state["numpy"]
+    np.random.set_state(dict(bit_generator="MT19937", has_gauss=numpy["has_gauss"], gauss=numpy["gauss"],
+                             state=dict(key=np.array(numpy["key"], dtype=np.uint32), pos=numpy["pos"])))
+    if CUDA and state["cuda"]:
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def get_lr(it: int, c: dict) -> float:
+    if not c["decay_lr"]:
+        return c["learning_rate"]
+    if it < c["warmup_iters"]:
+        return c["learning_rate"] * (it + 1) / (c["warmup_iters"] + 1)
+    if it > c["lr_decay_iters"]:
+        return c["min_lr"]
+    ratio = (it - c["warmup_iters"]) / (c["lr_decay_iters"] - c["warmup_iters"])
+    return c["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (c["learning_rate"] - c["min_lr"])
+
+
+def main(argv: list) -> None:
+    c = configure(argv)
+    ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
+    if ddp:
+        init_process_group(backend="nccl")
+        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        c["device"] = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(c["device"])
+        if c["gradient_accumulation_steps"] % world_size:
+            fail(f"gradient_accumulation_steps={c['gradient_accumulation_steps']} must be a multiple "
+                 f"of the number of processes ({world_size})")
+        c["gradient_accumulation_steps"] //= world_size
+    else:
+        rank, world_size = 0, 1
+    master = rank == 0
+    device_type = "cuda" if "cuda" in c["device"] else "cpu"
+    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(c["dtype"])
+    if ptdtype is None:
+        fail(f"--dtype={c['dtype']!r}: choose float32, bfloat16 or float16")
+    autocast = nullcontext() if ptdtype == torch.float32 else torch.amp.autocast(device_type, dtype=ptdtype)
+    torch.manual_seed(c["seed"] + rank)
+    data_rng = torch.Generator().manual_seed(c["seed"] + rank)  # training batches only
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # data: the uint16 token files written by data/<dataset>/prepare.py
+    data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", c["dataset"])
+    prepare = f"python data/{c['dataset']}/prepare.py"
+    splits = {}
+    for split in ("train", "val"):
+        path = os.path.join(data_dir, f"{split}.bin")
+        if not os.path.exists(path):
+            fail(f"{path} not found: run `{prepare}` first")
+        splits[split] = np.memmap(path, dtype=np.uint16, mode="r")
+        if len(splits[split]) <= c["block_size"]:
+            fail(f"{path} holds {len(splits[split])} tokens, fewer than block_size+1={c['block_size'] + 1}")
+    meta_path = os.path.join(data_dir, "meta.json")
+    if not os.path.exists(meta_path):
+        fail(f"{meta_path} not found: run `{prepare}` first")
+    with open(meta_path) as f:
+        meta = json.load(f)
+
+    def get_batch(split: str, generator: torch.Generator):
+        data = splits[split]
+        ix = torch.randint(len(data) - c["block_size"], (c["batch_size"],), generator=generator).tolist()
+        x = torch.stack([torch.from_numpy(data[i:i + c["block_size"]].astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + c["block_size"]].astype(np.int64)) for i in ix])
+        if device_type == "cuda":
+            return x.pin_memory().to(c["device"], non_blocking=True), y.pin_memory().to(c["device"], non_blocking=True)
+        return x.to(c["device"]), y.to(c["device"])
+
+    # model
+    os.makedirs(c["out_dir"], exist_ok=True)
+    ckpt_path = os.path.join(c["out_dir"], "ckpt.pt")
+    iter_num, best_val_loss, elapsed_s, checkpoint = 0, float("inf"), 0.0, None
+    if c["init_from"] == "resume":
+        checkpoint = load_checkpoint(ckpt_path, c["device"])
+        model_args = checkpoint["model_args"]  # the architecture comes from the checkpoint
+        iter_num, best_val_loss, elapsed_s = checkpoint["iter_num"], checkpoint["best_val_loss"], checkpoint["elapsed_s"]
+    elif c["init_from"] == "scratch":
+        model_args = {f.name: c[f.name] for f in fields(GPTConfig) if f.name != "vocab_size"}
+        model_args["vocab_size"] = meta["vocab_size"]
+    else:
+        fail(f"--init_from={c['init_from']!r}: use 'scratch' or 'resume'")
+    try:
+        config = GPTConfig(**model_args)
+    except ValueError as e:
+        fail(str(e))
+    if config.ffn == "mot" and c["batch_size"] % config.group_size:
+        fail(f"batch_size={c['batch_size']} (the micro-batch of one step) must be a multiple of "
+             f"group_size={config.group_size}: MoT mixes groups of group_size examples; change either")
+    model = GPT(config).to(c["device"])
+    if checkpoint:
+        model.load_state_dict(checkpoint["model"])
+    scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))
+    optimizer = model.configure_optimizers(c["weight_decay"], c["learning_rate"], (c["beta1"], c["beta2"]), device_type)
+    if checkpoint:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        set_rng_state(checkpoint["rng"], data_rng)
+    checkpoint = None  # free memory
+    raw_model = model
+    if c["compile"]:
+        model = torch.compile(model)
+    if ddp:
+        model = DDP(model, device_ids=[torch.device(c["device"]).index])
+    mot_layers = raw_model.ffns(MixtureOfTokens)
+    if master:
+        print(f"{c['ffn']} GPT: {raw_model.get_num_params() / 1e6:.2f}M parameters, "
+              f"{raw_model.get_num_active_params() / 1e6:.2f}M active per token, "
+              f"{raw_model.flops_per_token() / 1e6:.1f} MFLOPs per token (fwd+bwd)")
+
+    @torch.no_grad()
+    def evaluate() -> dict:
+        """Mean LM loss (MoE aux loss excluded) over eval_iters batches, the same batches every
+        time; also MoT's merge-weight entropy (normalised to [0, 1]) per layer on the val batches."""
+        model.eval()
+        generator = torch.Generator().manual_seed(c["seed"] + 1)
+        result = {}
+        for split in ("train", "val"):
+            losses, entropies = torch.zeros(c["eval_iters"]), torch.zeros(c["eval_iters"], len(mot_layers))
+            for k in range(c["eval_iters"]):
+                X, Y = get_batch(split, generator)
+                with autocast:
+                    _, loss = model(X, Y)
+                losses[k] = loss.item()
+                entropies[k] = torch.tensor([m.merge_entropy() for m in mot_layers])
+            result[f"{split}_loss"] = losses.mean().item()
+        if mot_layers:
+            result["merge_entropy"] = entropies.mean(0).tolist()
+        model.train()
+        return result
+
+    tokens_per_iter = c["gradient_accumulation_steps"] * world_size * c["batch_size"] * c["block_size"]
+    log_path = os.path.join(c["out_dir"], "log.jsonl")
+    resumed_at = iter_num if c["init_from"] == "resume" else None
+    tokens_since_eval, time_since_eval, running_mfu = 0, 0.0, -1.0
+    while True:
+        lr = get_lr(iter_num, c)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        # evaluate, log and checkpoint (not again at the iteration a resumed run starts from)
+        if iter_num % c["eval_interval"] == 0 and master and (iter_num != resumed_at or c["eval_only"]):
+            losses = evaluate()
+            record = dict(iter=iter_num, **losses, lr=lr, elapsed_s=elapsed_s,
+                          tokens_per_s=tokens_since_eval / time_since_eval if time_since_eval else None,
+                          aux_loss=raw_model.aux_loss.item() if config.ffn == "moe" else None,
+                          temperature=[m.temperature.item() for m in mot_layers] or None)
+            print(f"step {iter_num}: train loss {losses['train_loss']:.4f}, val loss {losses['val_loss']:.4f}")
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            tokens_since_eval, time_since_eval = 0, 0.0
+            if (losses["val_loss"] < best_val_loss or c["always_save_checkpoint"]) and not c["eval_only"]:
+                best_val_loss = min(best_val_loss, losses["val_loss"])
+                if iter_num > 0:
+                    save_checkpoint(dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
+                                         scaler=scaler.state_dict(), model_args=asdict(config), iter_num=iter_num,
+                                         best_val_loss=best_val_loss, elapsed_s=elapsed_s, config=c, meta=meta,
+                                         rng=rng_state(data_rng)), ckpt_path)
+        if c["eval_only"] or iter_num >= c["max_iters"]:
+            break
+
+        t0 = time.time()
+        for micro_step in range(c["gradient_accumulation_steps"]):
+            if ddp:  # synchronise gradients only on the last micro-step
+                model.require_backward_grad_sync = micro_step == c["gradient_accumulation_steps"] - 1
+            X, Y = get_batch("train", data_rng)
+            with autocast:
+                _, lm_loss = model(X, Y)
+                loss = (lm_loss + raw_model.aux_loss) / c["gradient_accumulation_steps"]
+            scaler.scale(loss).backward()
+        if c["grad_clip"] != 0.0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), c["grad_clip"])
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        lm_loss_value = lm_loss.item()  # of the last micro-step; .item() waits for the GPU
+        dt = time.time() - t0
+        elapsed_s += dt
+        tokens_since_eval += tokens_per_iter
+        time_since_eval += dt
+        if iter_num % c["log_interval"] == 0 and master:
+            mfu = raw_model.estimate_mfu(c["batch_size"] * c["gradient_accumulation_steps"], dt)
+            running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
+            print(f"iter {iter_num}: loss {lm_loss_value:.4f}, time {dt * 1000:.1f}ms, "
+                  f"{tokens_per_iter / dt:,.0f} tokens/s, mfu {running_mfu * 100:.2f}%")
+        iter_num += 1
+    if ddp:
+        destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
