@@ -14,7 +14,6 @@ import ast
 import json
 import math
 import os
-import pickle
 import random
 import sys
 import time
@@ -66,7 +65,7 @@ def check_type(key: str, value, default):
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if type(value) is not type(default):
-        fail(f"--{key}={value!r} is a {type(value).__name__}, expected a {type(default).__name__}")
+        fail(f"--{key}={value!r} has type {type(value).__name__}, expected {type(default).__name__}")
     return value
 
 
@@ -100,12 +99,22 @@ def load_checkpoint(path: str, device: str) -> dict:
         fail(f"no checkpoint at {path}: train one first (init_from='scratch')")
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
-        fail(f"cannot read checkpoint {path} (truncated or corrupted?): {str(e).splitlines()[0]}")
-    missing = {"model", "model_args", "iter_num"} - set(checkpoint if isinstance(checkpoint, dict) else {})
+    except Exception as e:  # a damaged file can fail anywhere inside the unpickler
+        fail(f"cannot read checkpoint {path} (truncated or corrupted?): {str(e).split('. ')[0]}")
+    missing = {"model", "model_args", "iter_num", "meta"} - set(checkpoint if isinstance(checkpoint, dict) else {})
     if missing:
         fail(f"{path} is not a checkpoint written by this train.py (missing {sorted(missing)})")
     return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict, path: str) -> GPT:
+    """The GPT saved in a checkpoint loaded by load_checkpoint, or a one-line error."""
+    try:
+        model = GPT(GPTConfig(**checkpoint["model_args"]))
+        model.load_state_dict(checkpoint["model"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        fail(f"{path} does not hold a model of this mot.py: {str(e).splitlines()[0]}")
+    return model
 
 
 def save_checkpoint(checkpoint: dict, path: str) -> None:
@@ -200,25 +209,23 @@ def main(argv: list) -> None:
     os.makedirs(c["out_dir"], exist_ok=True)
     ckpt_path = os.path.join(c["out_dir"], "ckpt.pt")
     iter_num, best_val_loss, elapsed_s, checkpoint = 0, float("inf"), 0.0, None
-    if c["init_from"] == "resume":
+    if c["init_from"] == "resume":  # the architecture comes from the checkpoint
         checkpoint = load_checkpoint(ckpt_path, c["device"])
-        model_args = checkpoint["model_args"]  # the architecture comes from the checkpoint
+        model = model_from_checkpoint(checkpoint, ckpt_path)
         iter_num, best_val_loss, elapsed_s = checkpoint["iter_num"], checkpoint["best_val_loss"], checkpoint["elapsed_s"]
     elif c["init_from"] == "scratch":
         model_args = {f.name: c[f.name] for f in fields(GPTConfig) if f.name != "vocab_size"}
-        model_args["vocab_size"] = meta["vocab_size"]
+        try:
+            model = GPT(GPTConfig(**model_args, vocab_size=meta["vocab_size"]))
+        except ValueError as e:
+            fail(str(e))
     else:
         fail(f"--init_from={c['init_from']!r}: use 'scratch' or 'resume'")
-    try:
-        config = GPTConfig(**model_args)
-    except ValueError as e:
-        fail(str(e))
+    config = model.config
     if config.ffn == "mot" and c["batch_size"] % config.group_size:
         fail(f"batch_size={c['batch_size']} (the micro-batch of one step) must be a multiple of "
              f"group_size={config.group_size}: MoT mixes groups of group_size examples; change either")
-    model = GPT(config).to(c["device"])
-    if checkpoint:
-        model.load_state_dict(checkpoint["model"])
+    model.to(c["device"])
     scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))
     optimizer = model.configure_optimizers(c["weight_decay"], c["learning_rate"], (c["beta1"], c["beta2"]), device_type)
     if checkpoint:

@@ -1,0 +1,78 @@
+"""
+Sample from a model trained by train.py:
+
+    python sample.py --out_dir=out-shakespeare-char-cpu --start="ROMEO:" --num_samples=3
+
+The samples are generated together as one batch. For MoT this matters: the model mixes examples
+in groups of group_size, at each position, exactly as in training, so the samples of one group
+influence each other. When num_samples is not a multiple of group_size the batch is padded with
+zero rows (MOT_SPEC §8), which also changes the real samples' outputs a little.
+"""
+
+import argparse
+import os
+from contextlib import nullcontext
+from typing import Callable, Tuple
+
+import tiktoken
+import torch
+
+from train import fail, load_checkpoint, model_from_checkpoint
+
+
+def load_tokenizer(meta: dict) -> Tuple[Callable[[str], list], Callable[[list], str]]:
+    """encode and decode for the tokenizer named in a dataset's meta.json."""
+    if meta["tokenizer"] == "gpt2":
+        enc = tiktoken.get_encoding("gpt2")
+        return (lambda s: enc.encode(s, allowed_special={"<|endoftext|>"}),
+                lambda ids: enc.decode([i for i in ids if i < enc.n_vocab]))  # padded ids decode to nothing
+    stoi = {ch: i for i, ch in enumerate(meta["chars"])}
+
+    def encode(s: str) -> list:
+        unknown = sorted(set(s) - stoi.keys())
+        if unknown:
+            fail(f"the prompt has characters outside the model's vocabulary: {unknown!r}; remove them")
+        return [stoi[ch] for ch in s]
+
+    return encode, lambda ids: "".join(meta["chars"][i] for i in ids)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out_dir", default="out", help="directory holding ckpt.pt")
+    parser.add_argument("--start", default="\n", help="prompt text, or FILE:path to read it from a file")
+    parser.add_argument("--num_samples", type=int, default=10)
+    parser.add_argument("--max_new_tokens", type=int, default=500)
+    parser.add_argument("--temperature", type=float, default=0.8, help="< 1 sharper, > 1 more random")
+    parser.add_argument("--top_k", type=int, default=200, help="keep only the top_k most likely tokens")
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
+    checkpoint = load_checkpoint(ckpt_path, args.device)
+    model = model_from_checkpoint(checkpoint, ckpt_path).eval().to(args.device)
+    encode, decode = load_tokenizer(checkpoint["meta"])
+
+    start = args.start
+    if start.startswith("FILE:"):
+        with open(start[5:], encoding="utf-8") as f:
+            start = f.read()
+    ids = encode(start)
+    if not ids:
+        fail("--start is empty: give at least one token of prompt")
+    x = torch.tensor(ids, dtype=torch.long, device=args.device).repeat(args.num_samples, 1)  # (num_samples, T)
+    device_type = "cuda" if "cuda" in args.device else "cpu"
+    autocast = (nullcontext() if args.dtype == "float32"
+                else torch.amp.autocast(device_type, dtype=getattr(torch, args.dtype)))
+    with autocast:
+        y = model.generate(x, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k)
+    for row in y.tolist():
+        print(decode(row))
+        print("---------------")
+
+
+if __name__ == "__main__":
+    main()
