@@ -12,7 +12,7 @@ zero rows (MOT_SPEC §8), which also changes the real samples' outputs a little.
 import argparse
 import os
 from contextlib import nullcontext
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import tiktoken
 import torch
@@ -37,7 +37,7 @@ def load_tokenizer(meta: dict) -> Tuple[Callable[[str], list], Callable[[list], 
     return encode, lambda ids: "".join(meta["chars"][i] for i in ids)
 
 
-def main() -> None:
+def main(argv: Optional[list] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out_dir", default="out", help="directory holding ckpt.pt")
     parser.add_argument("--start", default="\n", help="prompt text, or FILE:path to read it from a file")
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
     ckpt_path = os.path.join(args.out_dir, "ckpt.pt")

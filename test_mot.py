@@ -313,12 +313,14 @@ def test_mot_gradcheck():
 
 
 def tied_mot_layer(mot_routing="continuous"):
-    """A MoT layer and input where examples 0 and 1 tie exactly for expert 0 at position 0, plus a random
-    perturbation direction for every parameter (discrete routing flips on any such perturbation)."""
-    layer, x = make_layer(**GROUPED, mot_routing=mot_routing), randn(*B6)
-    with torch.no_grad():
-        layer.controller[:, 0] = orthogonal_part(layer.controller[:, 0], x[0, 0] - x[1, 0])
+    """A MoT layer and input where examples 0 and 1 (almost) tie for expert 0 at position 0: example 0 wins
+    by 1e-12, and the random perturbation direction for the parameters makes example 1 win for any eps > 0."""
+    layer, x = make_layer(group_size=2, mot_routing=mot_routing), randn(4, 3, 8)  # groups {0, 1}, {2, 3}
     deltas = {name: randn(*p.shape, seed=7 + i) for i, (name, p) in enumerate(layer.named_parameters())}
+    diff = x[0, 0] - x[1, 0]
+    with torch.no_grad():
+        layer.controller[:, 0] = orthogonal_part(layer.controller[:, 0], diff) + 1e-12 * diff / (diff @ diff)
+        deltas["controller"][:, 0] = orthogonal_part(deltas["controller"][:, 0], diff) - diff
     return layer, x, deltas
 
 
@@ -344,15 +346,15 @@ def test_top1_moe_output_jumps_under_arbitrarily_small_router_change():
     token = x[0, 0]
     with torch.no_grad():  # expert 1's logit equals expert 0's for this token
         layer.router[:, 1] = layer.router[:, 0] + orthogonal_part(randn(8, seed=1), token)
-    expert_gap = float((expert(layer, 0, token) - expert(layer, 1, token)).norm())
-    assert expert_gap > 0.1
     nudge = torch.zeros_like(layer.router)
     nudge[:, 1] = token / token.norm()
     with torch.no_grad():
+        expert_gap = float((expert(layer, 0, token) - expert(layer, 1, token)).norm())
+        assert expert_gap > 0.1
         for delta in (1e-3, 1e-6, 1e-9):
             jump = perturbed(layer, x, {"router": nudge}, delta) - perturbed(layer, x, {"router": nudge}, -delta)
-            # each side sends the token to a different expert with probability ≈ 1/2
-            assert float(jump.norm()) == pytest.approx(expert_gap / 2, rel=1e-2 if delta > 1e-4 else 1e-6)
+            # each side sends the token to a different expert with probability 1/2 + O(delta)
+            assert float(jump.norm()) == pytest.approx(expert_gap / 2, rel=10 * delta)
 
 
 # ----------------------------------------------------------------------------- gradients (§7)
@@ -404,7 +406,7 @@ def test_small_temperature_approaches_discrete_routing():
         out = layer(x)
         weight_err.append(float(1 - layer.merge_weights.view(2, 3, 3, 4).amax(1).min()))
         torch.testing.assert_close(layer.merge_weights.round(), discrete.merge_weights)
-        out_err.append(float((out - expected).abs().max()))
+        out_err.append(float((out - expected).abs().max().detach()))
     assert weight_err[0] > weight_err[1] > weight_err[2] and weight_err[2] < 1e-12, weight_err
     assert out_err[0] > out_err[1] > out_err[2] and out_err[2] < 1e-12, out_err
 
@@ -413,7 +415,7 @@ def test_learnable_temperature_stays_positive_and_gets_gradient():
     """learnable_temperature: τ = exp(θ) is a parameter, starts at the config value, is > 0, and θ gets a gradient."""
     layer, x = make_layer(**GROUPED, temperature=0.5, learnable_temperature=True), randn(*B6)
     assert "log_temperature" in dict(layer.named_parameters())
-    assert float(layer.temperature) == pytest.approx(0.5)
+    assert float(layer.temperature.detach()) == pytest.approx(0.5)
     optimizer = torch.optim.SGD(layer.parameters(), lr=5.0)
     for seed in range(5):
         grad = ffn_grads(layer, x, seed)["log_temperature"]
@@ -436,7 +438,7 @@ def test_eval_pads_a_partial_group_with_zero_rows(B):
     layer, x = make_layer(**GROUPED).eval(), randn(B, 3, 8)
     out = layer(x)
     assert out.shape == (B, 3, 8) and layer.merge_weights.shape == (B, 3, 4)
-    padded = torch.cat([x, torch.zeros(6 - B, 3, 8, dtype=DT)])
+    padded = torch.cat([x, torch.zeros(-B % 3, 3, 8, dtype=DT)])
     torch.testing.assert_close(out, layer(padded)[:B])
 
 
@@ -469,7 +471,7 @@ def test_moe_token_choice_matches_loop_reference(top_k):
     torch.testing.assert_close(layer(x), out)
 
 
-@pytest.mark.parametrize("top_k, capacity_factor", [(1, 0.5), (2, 0.5), (2, 1.0), (1, 1.25)])
+@pytest.mark.parametrize("top_k, capacity_factor", [(1, 0.5), (2, 0.5), (2, 1.0), (1, 1.0)])
 def test_moe_capacity_drops_overflow_in_priority_order(top_k, capacity_factor):
     """With capacity ceil(cf·N·k/E), assignments beyond an expert's capacity (1st choices in token order,
     then 2nd choices) are dropped; a token with all its assignments dropped gets exactly zero output."""

@@ -32,8 +32,8 @@ DEFAULTS = dict(
     # I/O
     out_dir="out", eval_interval=250, log_interval=10, eval_iters=200, eval_only=False,
     always_save_checkpoint=True, init_from="scratch",  # "scratch" | "resume"
-    # data
-    dataset="shakespeare_char", gradient_accumulation_steps=1, batch_size=64,
+    # data: data_root/dataset/{train,val}.bin and meta.json
+    data_root=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"), dataset="shakespeare_char", gradient_accumulation_steps=1, batch_size=64,
     # model: every GPTConfig field (block_size, n_layer, ..., ffn, n_experts, group_size, ...) but
     # vocab_size, which comes from the dataset's meta.json
     **{f.name: f.default for f in fields(GPTConfig) if f.name != "vocab_size"},
@@ -180,7 +180,7 @@ def main(argv: list) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
     # data: the uint16 token files written by data/<dataset>/prepare.py
-    data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", c["dataset"])
+    data_dir = os.path.join(c["data_root"], c["dataset"])
     prepare = f"python data/{c['dataset']}/prepare.py"
     splits = {}
     for split in ("train", "val"):

@@ -1,0 +1,12 @@
+# The paper's MoT recipe on top of train_gpt2.py (give both files, this one second): the first half of
+# the blocks dense, the rest MoT with groups of 32 and 256 experts of width 4*768*32/256 = 384
+# ("MoT-Base/32E/8"). Each micro-batch must hold whole groups: 32 sequences of 1024 tokens, with 16
+# accumulation steps ~0.5M tokens per step (an 80GB GPU; with less memory lower group_size and batch_size).
+out_dir = "out-owt-mot"
+ffn = "mot"
+n_dense_layers = 6
+group_size = 32
+n_experts = 256
+batch_size = 32
+gradient_accumulation_steps = 16
+grad_clip = 0.5

@@ -1,0 +1,181 @@
+"""Tests of the data scripts, train.py and sample.py on tiny models (seconds on a CPU)."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import sample
+import train
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(ROOT, "data"))
+SHARED = os.path.join(ROOT, "..", "shared", "data")
+SHAKESPEARE = os.path.join(SHARED, "tinyshakespeare", "input.txt")
+TIKTOKEN_CACHE = os.path.join(SHARED, "tiktoken_cache")
+if "TIKTOKEN_CACHE_DIR" not in os.environ and os.path.isdir(TIKTOKEN_CACHE):
+    os.environ["TIKTOKEN_CACHE_DIR"] = os.path.abspath(TIKTOKEN_CACHE)
+from shakespeare_char.prepare import prepare as prepare_char  # noqa: E402
+
+CORPUS = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40
+TINY = ["--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
+        "--eval_iters=2", "--eval_interval=2", "--log_interval=1", "--device=cpu", "--dtype=float32",
+        "--n_experts=4", "--group_size=2", "--moe_top_k=2", "--warmup_iters=2", "--lr_decay_iters=20",
+        "--dropout=0.1"]
+
+
+@pytest.fixture
+def data_root(tmp_path):
+    """A data root with shakespeare_char prepared from a small generated corpus."""
+    (tmp_path / "shakespeare_char").mkdir()
+    (tmp_path / "shakespeare_char" / "input.txt").write_text(CORPUS)
+    prepare_char(str(tmp_path / "shakespeare_char"))
+    return tmp_path
+
+
+def run_train(data_root, out_dir, *args):
+    train.main(TINY + [f"--data_root={data_root}", f"--out_dir={out_dir}", *args])
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_prepare_char_round_trips_the_text(data_root):
+    """train.bin + val.bin decode back to the corpus, split 90/10, with a JSON vocabulary."""
+    d = data_root / "shakespeare_char"
+    meta = json.loads((d / "meta.json").read_text())
+    ids = np.concatenate([np.fromfile(d / "train.bin", dtype=np.uint16), np.fromfile(d / "val.bin", dtype=np.uint16)])
+    assert "".join(meta["chars"][i] for i in ids) == CORPUS
+    assert len(np.fromfile(d / "train.bin", dtype=np.uint16)) == int(0.9 * len(CORPUS))
+    assert meta["vocab_size"] == len(set(CORPUS)) and meta["tokenizer"] == "char"
+
+
+@pytest.mark.skipif(not os.path.exists(SHAKESPEARE), reason="needs ../shared/data/tinyshakespeare")
+@pytest.mark.parametrize("name, train_tokens, val_tokens", [("shakespeare_char", 1_003_854, 111_540),
+                                                            ("shakespeare", 301_966, 36_059)])
+def test_prepare_real_shakespeare(tmp_path, name, train_tokens, val_tokens):
+    """The real file gives nanoGPT's token counts, characters and GPT-2 BPE."""
+    os.symlink(os.path.abspath(SHAKESPEARE), tmp_path / "input.txt")
+    script = os.path.join(ROOT, "data", name, "prepare.py")
+    namespace = {"__name__": "prepare", "__file__": script}
+    exec(open(script).read(), namespace)
+    namespace["prepare"](str(tmp_path))
+    assert os.path.getsize(tmp_path / "train.bin") == 2 * train_tokens
+    assert os.path.getsize(tmp_path / "val.bin") == 2 * val_tokens
+
+
+def test_prepare_without_file_or_network_says_where_to_put_it(tmp_path, monkeypatch):
+    """A failed download names the path where the user can place input.txt."""
+    import prepare_common
+    monkeypatch.setattr(prepare_common, "SHAKESPEARE_URL", "http://127.0.0.1:9/input.txt")
+    with pytest.raises(SystemExit, match=str(tmp_path / "input.txt")):
+        prepare_common.read_or_download(str(tmp_path / "input.txt"), prepare_common.SHAKESPEARE_URL)
+    assert not os.path.exists(tmp_path / "input.txt")
+
+
+def test_openwebtext_tokenize_and_write(tmp_path):
+    """Multi-process, sharded writing keeps document order and separates documents by <|endoftext|>."""
+    import tiktoken
+    from openwebtext.prepare import tokenize_and_write
+    docs = [f"Document number {i}: " + "words " * (i % 7) for i in range(300)]
+    path = str(tmp_path / "train.bin")
+    n = tokenize_and_write(iter(docs), path, num_proc=2, shard_tokens=100)
+    enc = tiktoken.get_encoding("gpt2")
+    expected = [t for d in docs for t in enc.encode_ordinary(d) + [enc.eot_token]]
+    written = np.fromfile(path, dtype=np.uint16)
+    assert n == len(expected) and written.tolist() == expected
+
+
+@pytest.mark.parametrize("ffn", ["dense", "mot", "moe"])
+def test_train_each_ffn_logs_and_learns(data_root, tmp_path, ffn):
+    """A few iterations write log.jsonl with the contract fields and lower the loss."""
+    log = run_train(data_root, tmp_path / "out", f"--ffn={ffn}", "--max_iters=8", "--learning_rate=1e-2")
+    assert [r["iter"] for r in log] == [0, 2, 4, 6, 8]
+    for key in ("train_loss", "val_loss", "lr", "elapsed_s", "tokens_per_s"):
+        assert all(key in r for r in log)
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+    assert (log[-1]["aux_loss"] is not None) == (ffn == "moe")
+    assert ("merge_entropy" in log[-1]) == (ffn == "mot")
+    assert glob.glob(str(tmp_path / "**" / "*.pkl"), recursive=True) == []
+    assert glob.glob(str(data_root / "**" / "*.pkl"), recursive=True) == []
+
+
+def test_resume_is_exact(data_root, tmp_path):
+    """N iterations in one run log the same losses and lr as M < N iterations resumed to N."""
+    args = ["--ffn=mot", "--gradient_accumulation_steps=2"]
+    full = run_train(data_root, tmp_path / "full", *args, "--max_iters=8")
+    run_train(data_root, tmp_path / "split", *args, "--max_iters=4")
+    resumed = run_train(data_root, tmp_path / "split", *args, "--max_iters=8", "--init_from=resume")
+    assert [r["iter"] for r in resumed] == [0, 2, 4, 6, 8]
+    for a, b in zip(full[3:], resumed[3:]):
+        assert (a["train_loss"], a["val_loss"], a["lr"]) == (b["train_loss"], b["val_loss"], b["lr"])
+
+
+def test_checkpoint_loads_weights_only_and_save_is_atomic(data_root, tmp_path, monkeypatch):
+    """ckpt.pt loads with weights_only=True; a save interrupted midway keeps the previous checkpoint."""
+    out = tmp_path / "out"
+    run_train(data_root, out, "--max_iters=2")
+    path = str(out / "ckpt.pt")
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["iter_num"] == 2 and set(checkpoint["rng"]) >= {"torch", "numpy", "python", "cuda", "data"}
+
+    def interrupted_save(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        train.save_checkpoint(checkpoint, path)
+    assert torch.load(path, weights_only=True)["iter_num"] == 2
+
+
+def test_sample_prints_samples_for_a_partial_group(data_root, tmp_path, capsys):
+    """3 samples from a MoT with group_size 2 (a padded group) all start with the prompt."""
+    out = tmp_path / "out"
+    run_train(data_root, out, "--ffn=mot", "--max_iters=2")
+    capsys.readouterr()
+    sample.main([f"--out_dir={out}", "--start=Speak", "--num_samples=3", "--max_new_tokens=5", "--device=cpu"])
+    samples = capsys.readouterr().out.split("---------------\n")[:-1]
+    assert len(samples) == 3 and all(s.startswith("Speak") and len(s) == len("Speak") + 5 + 1 for s in samples)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--no_such_key=1"], "unknown setting 'no_such_key'"),
+    (["--batch_size=abc"], "batch_size"),
+    (["--batch_size=3", "--ffn=mot"], "group_size=2"),
+    (["--ffn=transformer"], "GPTConfig.ffn"),
+    (["--dataset=nope"], "data/nope/prepare.py"),
+    (["--init_from=resume"], "no checkpoint"),
+])
+def test_bad_settings_exit_with_a_message(data_root, tmp_path, args, message):
+    with pytest.raises(SystemExit) as e:
+        run_train(data_root, tmp_path / "out", *args)
+    assert message in str(e.value)
+
+
+def test_unknown_prompt_characters_are_named(data_root, tmp_path):
+    out = tmp_path / "out"
+    checkpoint_args = [f"--out_dir={out}", "--device=cpu", "--max_new_tokens=1"]
+    run_train(data_root, out, "--max_iters=2")
+    with pytest.raises(SystemExit, match="'Z'"):
+        sample.main(checkpoint_args + ["--start=Zebra"])
+
+
+def test_cli_errors_are_one_line_without_traceback(data_root, tmp_path):
+    """A truncated checkpoint and an unknown flag exit non-zero with one line, no traceback."""
+    out = tmp_path / "out"
+    run_train(data_root, out, "--max_iters=2")
+    ckpt = out / "ckpt.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    for cmd in ([sys.executable, "sample.py", f"--out_dir={out}"],
+                [sys.executable, "train.py", f"--out_dir={out}", "--init_from=resume"],
+                [sys.executable, "train.py", "--bogus_flag=1"]):
+        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode != 0
+        assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
