@@ -1,0 +1,149 @@
+"""
+Speed and memory of the dense, MoT and MoE feed-forward layers at matched FLOPs, and of one whole
+training step of the CPU recipe's model with each.
+
+    python bench.py                                   # CPU, float32, the default grid (~2 minutes on 2 cores)
+    python bench.py --device=cuda --dtype=bfloat16 --compile
+
+Each variant: warm-up, then the median of --reps timed forward+backward passes. FLOPs count the
+active experts only (E/G expert FFNs per token for MoT, k for MoE) plus MoT's mixing (controller,
+merge, emit). Memory: peak CUDA memory on a GPU; on a CPU the bytes of the activations autograd
+saves for the backward pass (counted exactly with saved-tensor hooks).
+"""
+
+import argparse
+import statistics
+import time
+from contextlib import nullcontext
+
+import torch
+
+from mot import GPT, MLP, GPTConfig, MixtureOfExperts, MixtureOfTokens
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(step, device: str, warmup: int, reps: int):
+    """Median seconds of step(), and the peak memory (bytes) of one step."""
+    for _ in range(warmup):
+        step()
+    saved = [0]
+
+    def pack(t: torch.Tensor):
+        saved[0] += t.numel() * t.element_size()
+        return t
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        memory = torch.cuda.max_memory_allocated()
+    else:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            step()
+        memory = saved[0]
+    times = []
+    for _ in range(reps):
+        synchronize(device)
+        t0 = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), memory
+
+
+def ffn_configs(C: int, E: int, G: int):
+    """The FLOP-matched (name, GPTConfig) variants of one grid point: MoT, and MoE top-1 with the same E."""
+    common = dict(n_embd=C, n_head=1, n_layer=1, vocab_size=1, n_experts=E)
+    yield f"mot E={E} G={G}", GPTConfig(**common, ffn="mot", group_size=G)
+    if G == min(args.G):  # MoE does not depend on G
+        yield f"moe top-1 E={E}", GPTConfig(**common, ffn="moe", moe_top_k=1)
+
+
+def layer_row(name: str, layer: torch.nn.Module, x: torch.Tensor, autocast):
+    def step():
+        with autocast:
+            out = layer(x)
+        out.float().square().mean().backward()
+
+    seconds, memory = measure(torch.compile(step) if args.compile else step, args.device, args.warmup, args.reps)
+    tokens = x.shape[0] * x.shape[1]
+    flops = 6 * (layer.num_active_params() + layer.mixing_macs_per_token()) * tokens
+    return dict(name=name, ms=seconds * 1e3, tokens_per_s=tokens / seconds, gflops=flops / seconds / 1e9,
+                memory_mb=memory / 2**20)
+
+
+def print_table(title: str, rows: list, baseline: dict) -> None:
+    memory = "peak MB" if args.device.startswith("cuda") else "saved MB"
+    print(f"\n{title}")
+    print(f"{'variant':<22} {'ms':>9} {'tokens/s':>12} {'GFLOP/s':>9} {memory:>9} {'x dense':>8}")
+    for r in rows:
+        print(f"{r['name']:<22} {r['ms']:9.2f} {r['tokens_per_s']:12,.0f} {r['gflops']:9.1f} "
+              f"{r['memory_mb']:9.1f} {r['ms'] / baseline['ms']:8.2f}")
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    dtype = getattr(torch, args.dtype)
+    autocast = (nullcontext() if dtype == torch.float32
+                else torch.autocast(args.device.split(":")[0], dtype=dtype))
+    B, T = args.batch_size, args.seq_len
+    print(f"device {args.device}, dtype {args.dtype}, compile {args.compile}, {torch.get_num_threads()} threads, "
+          f"B={B} T={T}, median of {args.reps}")
+    for C in args.C:
+        x = torch.randn(B, T, C, device=args.device, requires_grad=True)
+        dense = layer_row("dense", MLP(GPTConfig(n_embd=C, n_head=1)).to(args.device), x, autocast)
+        rows = [dense]
+        for E in args.E:
+            for G in args.G:
+                for name, config in ffn_configs(C, E, G):
+                    layer = (MixtureOfTokens if config.ffn == "mot" else MixtureOfExperts)(config).to(args.device)
+                    for p in layer.parameters():
+                        torch.nn.init.normal_(p, std=0.02)
+                    rows.append(layer_row(name, layer, x, autocast))
+        print_table(f"FFN layer forward+backward, C={C} (FLOP-matched to dense 4C)", rows, dense)
+
+    rows = []
+    for ffn in ("dense", "mot", "moe"):
+        model = GPT(GPTConfig(ffn=ffn, vocab_size=65, **args.model)).to(args.device)
+        optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), args.device.split(":")[0])
+        idx = torch.randint(0, 65, (args.model_batch_size, args.model["block_size"]), device=args.device)
+
+        def train_step():
+            with autocast:
+                _, loss = model(idx, idx)
+            (loss + model.aux_loss).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        seconds, memory = measure(train_step, args.device, args.warmup, args.reps)
+        tokens = idx.numel()
+        rows.append(dict(name=ffn, ms=seconds * 1e3, tokens_per_s=tokens / seconds,
+                         gflops=model.flops_per_token(args.model["block_size"]) * tokens / seconds / 1e9,
+                         memory_mb=memory / 2**20))
+    print_table(f"one training step, {args.model} batch {args.model_batch_size}", rows, rows[0])
+
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--device", default="cpu")
+parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+parser.add_argument("--compile", action="store_true", help="torch.compile each timed step")
+parser.add_argument("--batch_size", type=int, default=64)
+parser.add_argument("--seq_len", type=int, default=128)
+parser.add_argument("--C", type=int, nargs="+", default=[128, 256, 512])
+parser.add_argument("--E", type=int, nargs="+", default=[8, 32, 128])
+parser.add_argument("--G", type=int, nargs="+", default=[8, 32])
+parser.add_argument("--warmup", type=int, default=2)
+parser.add_argument("--reps", type=int, default=5)
+parser.add_argument("--model_batch_size", type=int, default=32, help="batch of the whole-model step")
+parser.add_argument("--tiny", action="store_true", help="tiny sizes, to check that the script runs")
+
+if __name__ == "__main__":
+    args = parser.parse_args()
+    args.model = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, n_experts=32, group_size=8)
+    if args.tiny:
+        args.C, args.E, args.G, args.batch_size, args.seq_len, args.warmup, args.reps = [16], [4], [2], 4, 8, 1, 1
+        args.model, args.model_batch_size = dict(n_layer=1, n_head=2, n_embd=16, block_size=8, n_experts=4, group_size=2), 4
+    main()
