@@ -8,7 +8,7 @@ Antoniak et al., arXiv 2310.15961. Read top to bottom: config, attention, the th
 
 import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -340,6 +340,29 @@ class GPT(nn.Module):
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
         fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **(dict(fused=True) if fused else {}))
+
+    def to_sparse(self, routing: str) -> "GPT":
+        """A new GPT whose MoT layers do not mix examples, for transition tuning (§8), weights copied:
+        "discrete": the same layers with one-hot argmax merge weights (the τ → 0 limit);
+        "token_choice": top-k token-choice MoE layers, k = E/G (the same expert FLOPs per token),
+        whose experts are the MoT experts and whose router is the MoT controller."""
+        cfg = self.config
+        if cfg.ffn != "mot":
+            raise ValueError(f"to_sparse converts MoT layers, but this model has ffn={cfg.ffn!r}")
+        if routing == "discrete":
+            sparse_config = replace(cfg, mot_routing="discrete")
+        elif routing == "token_choice":
+            sparse_config = replace(cfg, ffn="moe", moe_routing="token_choice", capacity_factor=None,
+                                    moe_top_k=max(1, cfg.n_experts // cfg.group_size))
+        else:
+            raise ValueError(f"routing={routing!r}: use 'discrete' or 'token_choice'")
+        state = self.state_dict()
+        if routing == "token_choice":  # the controller becomes the router; MoE has no temperature
+            state = {name.replace(".ffn.controller", ".ffn.router"): tensor for name, tensor in state.items()
+                     if not name.endswith(".log_temperature")}
+        sparse = GPT(sparse_config)
+        sparse.load_state_dict(state)
+        return sparse
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

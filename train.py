@@ -31,7 +31,9 @@ CUDA = torch.cuda.is_available()
 DEFAULTS = dict(
     # I/O
     out_dir="out", eval_interval=250, log_interval=10, eval_iters=200, eval_only=False,
-    always_save_checkpoint=True, init_from="scratch",  # "scratch" | "resume"
+    always_save_checkpoint=True,
+    init_from="scratch",  # "scratch" | "resume" | the out_dir of a MoT run, converted by --transition
+    transition=None,  # with init_from=<dir>: "discrete" | "token_choice" (GPT.to_sparse), fresh optimizer
     # data: data_root/dataset/{train,val}.bin and meta.json
     data_root=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"), dataset="shakespeare_char", gradient_accumulation_steps=1, batch_size=64,
     # model: every GPTConfig field (block_size, n_layer, ..., ffn, n_experts, group_size, ...) but
@@ -40,6 +42,9 @@ DEFAULTS = dict(
     # AdamW and the learning-rate schedule (cosine with linear warmup)
     learning_rate=6e-4, max_iters=5000, weight_decay=1e-1, beta1=0.9, beta2=0.95, grad_clip=1.0,
     decay_lr=True, warmup_iters=100, lr_decay_iters=5000, min_lr=6e-5,
+    # MoT temperature annealing: τ goes geometrically from `temperature` at iter 0 to
+    # `temperature_final` at lr_decay_iters (None: no annealing)
+    temperature_final=None,
     # system
     device="cuda" if CUDA else "cpu",
     dtype="bfloat16" if CUDA and torch.cuda.is_bf16_supported() else "float16" if CUDA else "float32",
@@ -153,6 +158,11 @@ def get_lr(it: int, c: dict) -> float:
     return c["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (c["learning_rate"] - c["min_lr"])
 
 
+def get_temperature(it: int, c: dict) -> float:
+    progress = min(it, c["lr_decay_iters"]) / c["lr_decay_iters"]
+    return c["temperature"] * (c["temperature_final"] / c["temperature"]) ** progress
+
+
 def main(argv: list) -> None:
     c = configure(argv)
     ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
@@ -219,8 +229,15 @@ def main(argv: list) -> None:
             model = GPT(GPTConfig(**model_args, vocab_size=meta["vocab_size"]))
         except ValueError as e:
             fail(str(e))
-    else:
-        fail(f"--init_from={c['init_from']!r}: use 'scratch' or 'resume'")
+    else:  # transition tuning: a new run from a MoT checkpoint converted to run without mixing
+        source = os.path.join(c["init_from"], "ckpt.pt")
+        if c["transition"] is None:
+            fail(f"--init_from={c['init_from']!r} starts from that run's checkpoint: add "
+                 f"--transition=discrete or --transition=token_choice (or use 'scratch' or 'resume')")
+        try:
+            model = model_from_checkpoint(load_checkpoint(source, c["device"]), source).to_sparse(c["transition"])
+        except ValueError as e:
+            fail(f"{source}: {e}")
     config = model.config
     if config.ffn == "mot" and c["batch_size"] % config.group_size:
         fail(f"batch_size={c['batch_size']} (the micro-batch of one step) must be a multiple of "
@@ -267,12 +284,19 @@ def main(argv: list) -> None:
 
     tokens_per_iter = c["gradient_accumulation_steps"] * world_size * c["batch_size"] * c["block_size"]
     log_path = os.path.join(c["out_dir"], "log.jsonl")
+    if master and c["init_from"] != "resume":
+        open(log_path, "w").close()  # a new run starts a new log
+    if c["temperature_final"] is not None and (not mot_layers or config.learnable_temperature):
+        fail("temperature_final anneals a fixed MoT temperature: use it with ffn='mot' and learnable_temperature=False")
     resumed_at = iter_num if c["init_from"] == "resume" else None
     tokens_since_eval, time_since_eval, running_mfu = 0, 0.0, -1.0
     while True:
         lr = get_lr(iter_num, c)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        if c["temperature_final"] is not None:
+            for layer in mot_layers:
+                layer.log_temperature.fill_(math.log(get_temperature(iter_num, c)))
         # evaluate, log and checkpoint (not again at the iteration a resumed run starts from)
         if iter_num % c["eval_interval"] == 0 and master and (iter_num != resumed_at or c["eval_only"]):
             losses = evaluate()

@@ -1,0 +1,85 @@
+"""
+Val loss against step and against training wall-clock seconds for several runs of train.py, from
+their out_dir/log.jsonl, into one PNG; and a table of how fast each run reaches the first run's
+final val loss.
+
+    python plot.py out-cpu-dense out-cpu-mot out-cpu-moe --out=results.png
+
+The first run is the baseline. A run "reaches" the baseline's final val loss at its first
+evaluation with a val loss at or below it; the speed-ups are the baseline's final step (or seconds)
+divided by that run's.
+"""
+
+import argparse
+import json
+import os
+
+
+def read_log(out_dir: str) -> list:
+    path = os.path.join(out_dir, "log.jsonl")
+    if not os.path.exists(path):
+        raise SystemExit(f"error: {path} not found: train a run with --out_dir={out_dir} first")
+    with open(path) as f:
+        records = [json.loads(line) for line in f]
+    # a resumed run logs its starting evaluation again: keep the last record of each iteration
+    return list({r["iter"]: r for r in records}.values())
+
+
+def speedups(baseline: list, run: list) -> dict:
+    target = baseline[-1]["val_loss"]
+    reached = next((r for r in run if r["val_loss"] <= target), None)
+    result = dict(final_val_loss=run[-1]["val_loss"], final_iter=run[-1]["iter"], reached_iter=None,
+                  step_speedup=None, time_speedup=None)
+    if reached is not None and reached["iter"] > 0:
+        result.update(reached_iter=reached["iter"], step_speedup=baseline[-1]["iter"] / reached["iter"],
+                      time_speedup=baseline[-1]["elapsed_s"] / reached["elapsed_s"])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out_dirs", nargs="+", help="run directories; the first is the baseline")
+    parser.add_argument("--labels", nargs="+", help="legend labels (default: the directory names)")
+    parser.add_argument("--out", default="results.png")
+    args = parser.parse_args()
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("error: plot.py needs matplotlib: pip install matplotlib")
+    labels = args.labels or [os.path.basename(os.path.normpath(d)) for d in args.out_dirs]
+    if len(labels) != len(args.out_dirs):
+        raise SystemExit(f"error: {len(labels)} labels for {len(args.out_dirs)} runs")
+    logs = [read_log(d) for d in args.out_dirs]
+
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label, log in zip(labels, logs):
+        by_step.plot([r["iter"] for r in log], [r["val_loss"] for r in log], label=label)
+        by_time.plot([r["elapsed_s"] for r in log], [r["val_loss"] for r in log], label=label)
+    top = max(log[1]["val_loss"] for log in logs if len(log) > 1)  # skip the untrained first evaluation
+    for ax, xlabel in ((by_step, "step"), (by_time, "training wall-clock seconds")):
+        ax.set_ylim(top=top)
+        ax.axhline(logs[0][-1]["val_loss"], color="gray", linestyle=":", linewidth=1)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("val loss")
+        ax.grid(alpha=0.3)
+    by_step.legend()
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=120)
+
+    print(f"| run | final val loss | Δ vs {labels[0]} | reaches {labels[0]}'s final loss at step "
+          f"| step speed-up | wall-clock speed-up |")
+    print("|---|---|---|---|---|---|")
+    for label, log in zip(labels, logs):
+        s = speedups(logs[0], log)
+        reached = "—" if s["reached_iter"] is None else f"{s['reached_iter']}"
+        step = "—" if s["step_speedup"] is None else f"{s['step_speedup']:.2f}×"
+        time = "—" if s["time_speedup"] is None else f"{s['time_speedup']:.2f}×"
+        print(f"| {label} | {s['final_val_loss']:.4f} | {s['final_val_loss'] - logs[0][-1]['val_loss']:+.4f} "
+              f"| {reached} | {step} | {time} |")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
