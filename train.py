@@ -147,6 +147,42 @@ def set_rng_state(state: dict, data_rng: torch.Generator) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+def load_data(data_root: str, dataset: str, block_size: int):
+    """The train and val token arrays (memory-mapped) and meta.json written by data/<dataset>/prepare.py."""
+    data_dir = os.path.join(data_root, dataset)
+    prepare = f"python data/{dataset}/prepare.py"
+    splits = {}
+    for split in ("train", "val"):
+        path = os.path.join(data_dir, f"{split}.bin")
+        if not os.path.exists(path):
+            fail(f"{path} not found: run `{prepare}` first")
+        splits[split] = np.memmap(path, dtype=np.uint16, mode="r")
+        if len(splits[split]) <= block_size:
+            fail(f"{path} holds {len(splits[split])} tokens, fewer than block_size+1={block_size + 1}")
+    meta_path = os.path.join(data_dir, "meta.json")
+    if not os.path.exists(meta_path):
+        fail(f"{meta_path} not found: run `{prepare}` first")
+    with open(meta_path) as f:
+        return splits, json.load(f)
+
+
+def batch(data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator, device: str):
+    """batch_size random windows of data: inputs x and next-token targets y, each (batch_size, block_size)."""
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
+    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
+    if "cuda" in device:
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+def eval_batches(data: np.ndarray, c: dict):
+    """The eval_iters batches of every evaluation: the same windows each time, apart from training's."""
+    generator = torch.Generator().manual_seed(c["seed"] + 1)
+    for _ in range(c["eval_iters"]):
+        yield batch(data, c["batch_size"], c["block_size"], generator, c["device"])
+
+
 def get_lr(it: int, c: dict) -> float:
     if not c["decay_lr"]:
         return c["learning_rate"]
@@ -189,31 +225,10 @@ def main(argv: list) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    # data: the uint16 token files written by data/<dataset>/prepare.py
-    data_dir = os.path.join(c["data_root"], c["dataset"])
-    prepare = f"python data/{c['dataset']}/prepare.py"
-    splits = {}
-    for split in ("train", "val"):
-        path = os.path.join(data_dir, f"{split}.bin")
-        if not os.path.exists(path):
-            fail(f"{path} not found: run `{prepare}` first")
-        splits[split] = np.memmap(path, dtype=np.uint16, mode="r")
-        if len(splits[split]) <= c["block_size"]:
-            fail(f"{path} holds {len(splits[split])} tokens, fewer than block_size+1={c['block_size'] + 1}")
-    meta_path = os.path.join(data_dir, "meta.json")
-    if not os.path.exists(meta_path):
-        fail(f"{meta_path} not found: run `{prepare}` first")
-    with open(meta_path) as f:
-        meta = json.load(f)
+    splits, meta = load_data(c["data_root"], c["dataset"], c["block_size"])
 
     def get_batch(split: str, generator: torch.Generator):
-        data = splits[split]
-        ix = torch.randint(len(data) - c["block_size"], (c["batch_size"],), generator=generator).tolist()
-        x = torch.stack([torch.from_numpy(data[i:i + c["block_size"]].astype(np.int64)) for i in ix])
-        y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + c["block_size"]].astype(np.int64)) for i in ix])
-        if device_type == "cuda":
-            return x.pin_memory().to(c["device"], non_blocking=True), y.pin_memory().to(c["device"], non_blocking=True)
-        return x.to(c["device"]), y.to(c["device"])
+        return batch(splits[split], c["batch_size"], c["block_size"], generator, c["device"])
 
     # model
     os.makedirs(c["out_dir"], exist_ok=True)
@@ -257,7 +272,7 @@ def main(argv: list) -> None:
         model = DDP(model, device_ids=[torch.device(c["device"]).index])
     mot_layers = raw_model.ffns(MixtureOfTokens)
     if master:
-        print(f"{c['ffn']} GPT: {raw_model.get_num_params() / 1e6:.2f}M parameters, "
+        print(f"{config.ffn} GPT: {raw_model.get_num_params() / 1e6:.2f}M parameters, "
               f"{raw_model.get_num_active_params() / 1e6:.2f}M active per token, "
               f"{raw_model.flops_per_token() / 1e6:.1f} MFLOPs per token (fwd+bwd)")
 
@@ -266,12 +281,10 @@ def main(argv: list) -> None:
         """Mean LM loss (MoE aux loss excluded) over eval_iters batches, the same batches every
         time; also MoT's merge-weight entropy (normalised to [0, 1]) per layer on the val batches."""
         model.eval()
-        generator = torch.Generator().manual_seed(c["seed"] + 1)
         result = {}
         for split in ("train", "val"):
             losses, entropies = torch.zeros(c["eval_iters"]), torch.zeros(c["eval_iters"], len(mot_layers))
-            for k in range(c["eval_iters"]):
-                X, Y = get_batch(split, generator)
+            for k, (X, Y) in enumerate(eval_batches(splits[split], c)):
                 with autocast:
                     _, loss = model(X, Y)
                 losses[k] = loss.item()
