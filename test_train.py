@@ -13,35 +13,9 @@ import torch
 import sample
 import train
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(ROOT, "data"))
-SHARED = os.path.join(ROOT, "..", "shared", "data")
+from conftest import CORPUS, ROOT, SHARED
+
 SHAKESPEARE = os.path.join(SHARED, "tinyshakespeare", "input.txt")
-TIKTOKEN_CACHE = os.path.join(SHARED, "tiktoken_cache")
-if "TIKTOKEN_CACHE_DIR" not in os.environ and os.path.isdir(TIKTOKEN_CACHE):
-    os.environ["TIKTOKEN_CACHE_DIR"] = os.path.abspath(TIKTOKEN_CACHE)
-from shakespeare_char.prepare import prepare as prepare_char  # noqa: E402
-
-CORPUS = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40
-TINY = ["--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
-        "--eval_iters=2", "--eval_interval=2", "--log_interval=1", "--device=cpu", "--dtype=float32",
-        "--n_experts=4", "--group_size=2", "--moe_top_k=2", "--warmup_iters=2", "--lr_decay_iters=20",
-        "--dropout=0.1"]
-
-
-@pytest.fixture
-def data_root(tmp_path):
-    """A data root with shakespeare_char prepared from a small generated corpus."""
-    (tmp_path / "shakespeare_char").mkdir()
-    (tmp_path / "shakespeare_char" / "input.txt").write_text(CORPUS)
-    prepare_char(str(tmp_path / "shakespeare_char"))
-    return tmp_path
-
-
-def run_train(data_root, out_dir, *args):
-    train.main(TINY + [f"--data_root={data_root}", f"--out_dir={out_dir}", *args])
-    with open(os.path.join(out_dir, "log.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 def test_prepare_char_round_trips_the_text(data_root):
@@ -91,9 +65,9 @@ def test_openwebtext_tokenize_and_write(tmp_path):
 
 
 @pytest.mark.parametrize("ffn", ["dense", "mot", "moe"])
-def test_train_each_ffn_logs_and_learns(data_root, tmp_path, ffn):
+def test_train_each_ffn_logs_and_learns(data_root, tmp_path, ffn, run_train):
     """A few iterations write log.jsonl with the contract fields and lower the loss."""
-    log = run_train(data_root, tmp_path / "out", f"--ffn={ffn}", "--max_iters=8", "--learning_rate=1e-2")
+    log = run_train(tmp_path / "out", f"--ffn={ffn}", "--max_iters=8", "--learning_rate=1e-2")
     assert [r["iter"] for r in log] == [0, 2, 4, 6, 8]
     for key in ("train_loss", "val_loss", "lr", "elapsed_s", "tokens_per_s"):
         assert all(key in r for r in log)
@@ -104,21 +78,21 @@ def test_train_each_ffn_logs_and_learns(data_root, tmp_path, ffn):
     assert glob.glob(str(data_root / "**" / "*.pkl"), recursive=True) == []
 
 
-def test_resume_is_exact(data_root, tmp_path):
+def test_resume_is_exact(data_root, tmp_path, run_train):
     """N iterations in one run log the same losses and lr as M < N iterations resumed to N."""
     args = ["--ffn=mot", "--gradient_accumulation_steps=2"]
-    full = run_train(data_root, tmp_path / "full", *args, "--max_iters=8")
-    run_train(data_root, tmp_path / "split", *args, "--max_iters=4")
-    resumed = run_train(data_root, tmp_path / "split", *args, "--max_iters=8", "--init_from=resume")
+    full = run_train(tmp_path / "full", *args, "--max_iters=8")
+    run_train(tmp_path / "split", *args, "--max_iters=4")
+    resumed = run_train(tmp_path / "split", *args, "--max_iters=8", "--init_from=resume")
     assert [r["iter"] for r in resumed] == [0, 2, 4, 6, 8]
     for a, b in zip(full[3:], resumed[3:]):
         assert (a["train_loss"], a["val_loss"], a["lr"]) == (b["train_loss"], b["val_loss"], b["lr"])
 
 
-def test_checkpoint_loads_weights_only_and_save_is_atomic(data_root, tmp_path, monkeypatch):
+def test_checkpoint_loads_weights_only_and_save_is_atomic(data_root, tmp_path, monkeypatch, run_train):
     """ckpt.pt loads with weights_only=True; a save interrupted midway keeps the previous checkpoint."""
     out = tmp_path / "out"
-    run_train(data_root, out, "--max_iters=2")
+    run_train(out, "--max_iters=2")
     path = str(out / "ckpt.pt")
     checkpoint = torch.load(path, weights_only=True)
     assert checkpoint["iter_num"] == 2 and set(checkpoint["rng"]) >= {"torch", "numpy", "python", "cuda", "data"}
@@ -134,10 +108,10 @@ def test_checkpoint_loads_weights_only_and_save_is_atomic(data_root, tmp_path, m
     assert torch.load(path, weights_only=True)["iter_num"] == 2
 
 
-def test_sample_prints_samples_for_a_partial_group(data_root, tmp_path, capsys):
+def test_sample_prints_samples_for_a_partial_group(data_root, tmp_path, capsys, run_train):
     """3 samples from a MoT with group_size 2 (a padded group) all start with the prompt."""
     out = tmp_path / "out"
-    run_train(data_root, out, "--ffn=mot", "--max_iters=2")
+    run_train(out, "--ffn=mot", "--max_iters=2")
     capsys.readouterr()
     sample.main([f"--out_dir={out}", "--start=Speak", "--num_samples=3", "--max_new_tokens=5", "--device=cpu"])
     samples = capsys.readouterr().out.split("---------------\n")[:-1]
@@ -152,24 +126,24 @@ def test_sample_prints_samples_for_a_partial_group(data_root, tmp_path, capsys):
     (["--dataset=nope"], "data/nope/prepare.py"),
     (["--init_from=resume"], "no checkpoint"),
 ])
-def test_bad_settings_exit_with_a_message(data_root, tmp_path, args, message):
+def test_bad_settings_exit_with_a_message(data_root, tmp_path, args, message, run_train):
     with pytest.raises(SystemExit) as e:
-        run_train(data_root, tmp_path / "out", *args)
+        run_train(tmp_path / "out", *args)
     assert message in str(e.value)
 
 
-def test_unknown_prompt_characters_are_named(data_root, tmp_path):
+def test_unknown_prompt_characters_are_named(data_root, tmp_path, run_train):
     out = tmp_path / "out"
     checkpoint_args = [f"--out_dir={out}", "--device=cpu", "--max_new_tokens=1"]
-    run_train(data_root, out, "--max_iters=2")
+    run_train(out, "--max_iters=2")
     with pytest.raises(SystemExit, match="'Z'"):
         sample.main(checkpoint_args + ["--start=Zebra"])
 
 
-def test_cli_errors_are_one_line_without_traceback(data_root, tmp_path):
+def test_cli_errors_are_one_line_without_traceback(data_root, tmp_path, run_train):
     """A truncated checkpoint and an unknown flag exit non-zero with one line, no traceback."""
     out = tmp_path / "out"
-    run_train(data_root, out, "--max_iters=2")
+    run_train(out, "--max_iters=2")
     ckpt = out / "ckpt.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     for cmd in ([sys.executable, "sample.py", f"--out_dir={out}"],
