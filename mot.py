@@ -168,7 +168,7 @@ class MixtureOfTokens(nn.Module):
         if G == 1:
             return 0.0
         B, T, E = self.merge_weights.shape
-        w = self.merge_weights.view(B // G, G, T, E)
+        w = F.pad(self.merge_weights, (0, 0, 0, 0, 0, -B % G)).view(-1, G, T, E)  # rows eval mode padded: weight 0
         return (-(w * w.clamp_min(1e-30).log()).sum(1).mean() / math.log(G)).item()
 
     def num_active_params(self) -> int:
