@@ -30,10 +30,10 @@ def measure(step, device: str, warmup: int, reps: int):
     """Median seconds of step(), and the peak memory (bytes) of one step."""
     for _ in range(warmup):
         step()
-    saved = [0]
+    saved = {}  # storage address -> bytes: views of one tensor count once
 
     def pack(t: torch.Tensor):
-        saved[0] += t.numel() * t.element_size()
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
     if device.startswith("cuda"):
@@ -43,7 +43,7 @@ def measure(step, device: str, warmup: int, reps: int):
     else:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             step()
-        memory = saved[0]
+        memory = sum(saved.values())
     times = []
     for _ in range(reps):
         synchronize(device)
@@ -64,6 +64,7 @@ def ffn_configs(C: int, E: int, G: int):
 
 def layer_row(name: str, layer: torch.nn.Module, x: torch.Tensor, autocast):
     def step():
+        layer.zero_grad(set_to_none=True)  # as in training: gradients are new tensors every step
         with autocast:
             out = layer(x)
         out.float().square().mean().backward()
