@@ -40,6 +40,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dirs", nargs="+", help="run directories; the first is the baseline")
     parser.add_argument("--labels", nargs="+", help="legend labels (default: the directory names)")
+    parser.add_argument("--step_offsets", type=int, nargs="+",
+                        help="shift each run's steps, e.g. to draw a transition run after the run it started from")
     parser.add_argument("--out", default="results.png")
     args = parser.parse_args()
     try:
@@ -52,10 +54,13 @@ def main() -> None:
     if len(labels) != len(args.out_dirs):
         raise SystemExit(f"error: {len(labels)} labels for {len(args.out_dirs)} runs")
     logs = [read_log(d) for d in args.out_dirs]
+    offsets = args.step_offsets or [0] * len(logs)
+    if len(offsets) != len(logs):
+        raise SystemExit(f"error: {len(offsets)} step offsets for {len(logs)} runs")
 
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for label, log in zip(labels, logs):
-        by_step.plot([r["iter"] for r in log], [r["val_loss"] for r in log], label=label)
+    for label, log, offset in zip(labels, logs, offsets):
+        by_step.plot([r["iter"] + offset for r in log], [r["val_loss"] for r in log], label=label)
         by_time.plot([r["elapsed_s"] for r in log], [r["val_loss"] for r in log], label=label)
     top = max(log[1]["val_loss"] for log in logs if len(log) > 1)  # skip the untrained first evaluation
     for ax, xlabel in ((by_step, "step"), (by_time, "training wall-clock seconds")):
