@@ -3,13 +3,14 @@
 # Each run takes a few minutes on 2 CPU cores. Usage: bash compare.sh   (ITERS=... to shorten)
 set -euo pipefail
 cd "$(dirname "$0")"
+mkdir -p assets
 ITERS=${ITERS:-2000}
 [ -f data/shakespeare_char/train.bin ] || python data/shakespeare_char/prepare.py
 RECIPE="config/train_shakespeare_char_cpu.py --max_iters=$ITERS --lr_decay_iters=$ITERS"
 python train.py $RECIPE --ffn=dense --out_dir=out-cpu/dense
-python train.py $RECIPE --ffn=mot --n_experts=32 --group_size=8 --out_dir=out-cpu/mot-e32-g8
-python train.py $RECIPE --ffn=mot --n_experts=128 --group_size=32 --out_dir=out-cpu/mot-e128-g32
+python train.py $RECIPE --ffn=mot --out_dir=out-cpu/mot-e128-g32                          # E=128 G=32 τ=0.1
+python train.py $RECIPE --ffn=mot --n_experts=32 --group_size=8 --out_dir=out-cpu/mot-e32-g8   # τ=0.1
 python train.py $RECIPE --ffn=moe --n_experts=8 --moe_top_k=1 --out_dir=out-cpu/moe-top1-e8
 python train.py $RECIPE --ffn=moe --n_experts=16 --moe_top_k=2 --out_dir=out-cpu/moe-top2-e16
-python plot.py out-cpu/dense out-cpu/mot-e32-g8 out-cpu/mot-e128-g32 out-cpu/moe-top1-e8 out-cpu/moe-top2-e16 \
-  --labels "dense" "MoT E=32 G=8" "MoT E=128 G=32" "MoE top-1 E=8" "MoE top-2 E=16" --out=results.png
+python plot.py out-cpu/dense out-cpu/mot-e128-g32 out-cpu/mot-e32-g8 out-cpu/moe-top1-e8 out-cpu/moe-top2-e16 \
+  --labels "dense" "MoT E=128 G=32" "MoT E=32 G=8" "MoE top-1 E=8" "MoE top-2 E=16" --out=assets/results.png

@@ -78,15 +78,18 @@ def test_train_each_ffn_logs_and_learns(data_root, tmp_path, ffn, run_train):
     assert glob.glob(str(data_root / "**" / "*.pkl"), recursive=True) == []
 
 
-def test_resume_is_exact(data_root, tmp_path, run_train):
-    """N iterations in one run log the same losses and lr as M < N iterations resumed to N."""
-    args = ["--ffn=mot", "--gradient_accumulation_steps=2"]
-    full = run_train(tmp_path / "full", *args, "--max_iters=8")
-    run_train(tmp_path / "split", *args, "--max_iters=4")
-    resumed = run_train(tmp_path / "split", *args, "--max_iters=8", "--init_from=resume")
-    assert [r["iter"] for r in resumed] == [0, 2, 4, 6, 8]
-    for a, b in zip(full[3:], resumed[3:]):
-        assert (a["train_loss"], a["val_loss"], a["lr"]) == (b["train_loss"], b["val_loss"], b["lr"])
+@pytest.mark.parametrize("eval_interval, m, n, resumed_iters", [(2, 4, 8, [0, 2, 4, 6, 8]), (5, 3, 7, [0, 3, 5, 7])])
+def test_resume_is_exact(data_root, tmp_path, run_train, eval_interval, m, n, resumed_iters):
+    """N iterations in one run log the same losses and lr as M < N iterations resumed to N
+    (the last iteration is always evaluated and saved, whatever eval_interval)."""
+    args = ["--ffn=mot", "--gradient_accumulation_steps=2", f"--eval_interval={eval_interval}"]
+    full = run_train(tmp_path / "full", *args, f"--max_iters={n}")
+    run_train(tmp_path / "split", *args, f"--max_iters={m}")
+    resumed = run_train(tmp_path / "split", *args, f"--max_iters={n}", "--init_from=resume")
+    assert [r["iter"] for r in resumed] == resumed_iters
+    after_m = [(r["iter"], r["train_loss"], r["val_loss"], r["lr"]) for r in full if r["iter"] > m]
+    assert after_m == [(r["iter"], r["train_loss"], r["val_loss"], r["lr"]) for r in resumed if r["iter"] > m]
+    assert after_m[-1][0] == n
 
 
 def test_checkpoint_loads_weights_only_and_save_is_atomic(data_root, tmp_path, monkeypatch, run_train):

@@ -310,8 +310,10 @@ def main(argv: list) -> None:
         if c["temperature_final"] is not None:
             for layer in mot_layers:
                 layer.log_temperature.fill_(math.log(get_temperature(iter_num, c)))
-        # evaluate, log and checkpoint (not again at the iteration a resumed run starts from)
-        if iter_num % c["eval_interval"] == 0 and master and (iter_num != resumed_at or c["eval_only"]):
+        # evaluate, log and checkpoint every eval_interval and at the end (not again at the
+        # iteration a resumed run starts from)
+        if ((iter_num % c["eval_interval"] == 0 or iter_num == c["max_iters"]) and master
+                and (iter_num != resumed_at or c["eval_only"])):
             losses = evaluate()
             record = dict(iter=iter_num, **losses, lr=lr, elapsed_s=elapsed_s,
                           tokens_per_s=tokens_since_eval / time_since_eval if time_since_eval else None,

@@ -21,6 +21,9 @@ min_lr = 1e-4
 beta2 = 0.99
 warmup_iters = 100
 # MoT / MoE settings, used with --ffn=mot or --ffn=moe; expert_size is FLOP-matched to dense.
-n_experts = 32
-group_size = 8
+# MoT: 128 experts of width 4*128*32/128 = 128, one group of 32 per batch. At this small scale the
+# merge weights need a low temperature: with τ = 1 MoT trailed dense here (README, Results).
+n_experts = 128
+group_size = 32
+temperature = 0.1
 moe_top_k = 1
