@@ -64,7 +64,7 @@ def main(argv=None) -> None:
     labels = [repr(decode(row[max(0, position - args.label_chars + 1):position + 1].tolist()))
               for row in x.cpu()]
 
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * weights.shape[1] + 3), max(3.0, 0.3 * G + 1.5)))
+    fig, ax = plt.subplots(figsize=(min(16.0, max(6.0, 0.12 * weights.shape[1] + 3)), max(3.0, 0.25 * G + 1.5)))
     image = ax.imshow(weights.numpy(), aspect="auto", cmap="viridis", vmin=0.0)
     ax.set_yticks(range(G), labels, fontsize=7, family="monospace")
     ax.set_xlabel("expert")
