@@ -1,6 +1,6 @@
 """
 Speed and memory of the dense, MoT and MoE feed-forward layers at matched FLOPs, and of one whole
-training step of the CPU recipe's model with each.
+training step of a small model (the CPU recipe's size) with each.
 
     python bench.py                                   # CPU, float32, the default grid (~2 minutes on 2 cores)
     python bench.py --device=cuda --dtype=bfloat16 --compile
@@ -54,7 +54,7 @@ def measure(step, device: str, warmup: int, reps: int):
     return statistics.median(times), memory
 
 
-def ffn_configs(C: int, E: int, G: int):
+def ffn_configs(args, C: int, E: int, G: int):
     """The FLOP-matched (name, GPTConfig) variants of one grid point: MoT, and MoE top-1 with the same E."""
     common = dict(n_embd=C, n_head=1, n_layer=1, vocab_size=1, n_experts=E)
     yield f"mot E={E} G={G}", GPTConfig(**common, ffn="mot", group_size=G)
@@ -62,7 +62,7 @@ def ffn_configs(C: int, E: int, G: int):
         yield f"moe top-1 E={E}", GPTConfig(**common, ffn="moe", moe_top_k=1)
 
 
-def layer_row(name: str, layer: torch.nn.Module, x: torch.Tensor, autocast):
+def layer_row(args, name: str, layer: torch.nn.Module, x: torch.Tensor, autocast):
     def step():
         layer.zero_grad(set_to_none=True)  # as in training: gradients are new tensors every step
         with autocast:
@@ -76,7 +76,7 @@ def layer_row(name: str, layer: torch.nn.Module, x: torch.Tensor, autocast):
                 memory_mb=memory / 2**20)
 
 
-def print_table(title: str, rows: list, baseline: dict) -> None:
+def print_table(args, title: str, rows: list, baseline: dict) -> None:
     memory = "peak MB" if args.device.startswith("cuda") else "saved MB"
     print(f"\n{title}")
     print(f"{'variant':<22} {'ms':>9} {'tokens/s':>12} {'GFLOP/s':>9} {memory:>9} {'x dense':>8}")
@@ -85,7 +85,7 @@ def print_table(title: str, rows: list, baseline: dict) -> None:
               f"{r['memory_mb']:9.1f} {r['ms'] / baseline['ms']:8.2f}")
 
 
-def main() -> None:
+def main(args) -> None:
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
     autocast = (nullcontext() if dtype == torch.float32
@@ -95,16 +95,16 @@ def main() -> None:
           f"B={B} T={T}, median of {args.reps}")
     for C in args.C:
         x = torch.randn(B, T, C, device=args.device, requires_grad=True)
-        dense = layer_row("dense", MLP(GPTConfig(n_embd=C, n_head=1)).to(args.device), x, autocast)
+        dense = layer_row(args, "dense", MLP(GPTConfig(n_embd=C, n_head=1)).to(args.device), x, autocast)
         rows = [dense]
         for E in args.E:
             for G in args.G:
-                for name, config in ffn_configs(C, E, G):
+                for name, config in ffn_configs(args, C, E, G):
                     layer = (MixtureOfTokens if config.ffn == "mot" else MixtureOfExperts)(config).to(args.device)
                     for p in layer.parameters():
                         torch.nn.init.normal_(p, std=0.02)
-                    rows.append(layer_row(name, layer, x, autocast))
-        print_table(f"FFN layer forward+backward, C={C} (FLOP-matched to dense 4C)", rows, dense)
+                    rows.append(layer_row(args, name, layer, x, autocast))
+        print_table(args, f"FFN layer forward+backward, C={C} (FLOP-matched to dense 4C)", rows, dense)
 
     rows = []
     for ffn in ("dense", "mot", "moe"):
@@ -124,7 +124,7 @@ def main() -> None:
         rows.append(dict(name=ffn, ms=seconds * 1e3, tokens_per_s=tokens / seconds,
                          gflops=model.flops_per_token(args.model["block_size"]) * tokens / seconds / 1e9,
                          memory_mb=memory / 2**20))
-    print_table(f"one training step, {args.model} batch {args.model_batch_size}", rows, rows[0])
+    print_table(args, f"one training step, {args.model} batch {args.model_batch_size}", rows, rows[0])
 
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -147,4 +147,4 @@ if __name__ == "__main__":
     if args.tiny:
         args.C, args.E, args.G, args.batch_size, args.seq_len, args.warmup, args.reps = [16], [4], [2], 4, 8, 1, 1
         args.model, args.model_batch_size = dict(n_layer=1, n_head=2, n_embd=16, block_size=8, n_experts=4, group_size=2), 4
-    main()
+    main(args)
