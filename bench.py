@@ -18,7 +18,7 @@ from contextlib import nullcontext
 
 import torch
 
-from mot import GPT, MLP, GPTConfig, MixtureOfExperts, MixtureOfTokens
+from mot import GPT, MLP, GPTConfig, MixtureOfExperts, MixtureOfTokens, experts
 
 
 def synchronize(device: str) -> None:
@@ -52,6 +52,26 @@ def measure(step, device: str, warmup: int, reps: int):
         synchronize(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times), memory
+
+
+class ExpertsOnly(torch.nn.Module):
+    """A MoT layer's experts alone, on already-mixed tokens (E, B·T/G, C): the part of MoT's time
+    that better mixing cannot remove. Its input x only sets the token count."""
+
+    def __init__(self, mot: MixtureOfTokens, tokens: int):
+        super().__init__()
+        self.mot = mot
+        E, C, _ = mot.w1.shape
+        self.merged = torch.nn.Parameter(torch.randn(E, tokens // mot.group_size, C, device=mot.w1.device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return experts(self.merged, self.mot.w1, self.mot.w2)
+
+    def num_active_params(self) -> int:
+        return (self.mot.w1.numel() + self.mot.w2.numel()) // self.mot.group_size
+
+    def mixing_macs_per_token(self) -> int:
+        return 0
 
 
 def ffn_configs(args, C: int, E: int, G: int):
@@ -104,6 +124,8 @@ def main(args) -> None:
                     for p in layer.parameters():
                         torch.nn.init.normal_(p, std=0.02)
                     rows.append(layer_row(args, name, layer, x, autocast))
+                    if config.ffn == "mot" and E == 32:
+                        rows.append(layer_row(args, "  its experts only", ExpertsOnly(layer, B * T), x, autocast))
         print_table(args, f"FFN layer forward+backward, C={C} (FLOP-matched to dense 4C)", rows, dense)
 
     rows = []

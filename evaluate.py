@@ -10,11 +10,10 @@ reproduces the val_loss that train.py logged for the checkpoint.
 """
 
 import argparse
-import os
 
 import torch
 
-from train import eval_batches, fail, load_checkpoint, load_data, model_from_checkpoint
+from train import eval_batches, fail, load_data, load_model
 
 
 @torch.no_grad()
@@ -45,9 +44,7 @@ def main(argv=None) -> None:
     print("| run | model | iter | val loss, grouped as trained | val loss, one sequence at a time |")
     print("|---|---|---|---|---|")
     for out_dir in args.out_dirs:
-        path = os.path.join(out_dir, "ckpt.pt")
-        checkpoint = load_checkpoint(path, args.device)
-        model = model_from_checkpoint(checkpoint, path).to(args.device).eval()
+        checkpoint, model = load_model(out_dir, args.device)
         c = dict(checkpoint["config"], device=args.device, eval_iters=args.eval_iters or checkpoint["config"]["eval_iters"])
         if not c["eval_iters"] > 0:
             fail("--eval_iters must be positive")

@@ -96,6 +96,11 @@ def activation(x: torch.Tensor) -> torch.Tensor:
     return F.relu(x, inplace=True)
 
 
+def experts(tokens: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """Stacked expert FFNs, all in two batched matmuls: tokens (E, n, C), w1 (E, C, H), w2 (E, H, C) -> (E, n, C)."""
+    return torch.bmm(activation(torch.bmm(tokens, w1)), w2)
+
+
 class MLP(nn.Module):
     """The dense FFN: C -> 4C -> C."""
 
@@ -162,9 +167,8 @@ class MixtureOfTokens(nn.Module):
         tokens = x.view(n_groups, G, T, C).transpose(1, 2).reshape(-1, G, C)  # (N, G, C)
         weights = weights.transpose(1, 2).reshape(-1, G, E)  # (N, G, E)
         merged = weights.transpose(1, 2) @ tokens  # (N, E, C): one mixed token per expert (§3)
-        # All experts in two batched matmuls; the transposes are strided views, not copies (§4).
-        hidden = activation(torch.bmm(merged.transpose(0, 1), self.w1))  # (E, N, H)
-        y = torch.bmm(hidden, self.w2)  # (E, N, C)
+        # Every expert on its mixed tokens (§4); the transpose is a strided view, not a copy.
+        y = experts(merged.transpose(0, 1), self.w1, self.w2)  # (E, N, C)
         out = weights @ y.transpose(0, 1)  # (N, G, C): emit with the same weights (§5)
         out = out.view(n_groups, T, G, C).transpose(1, 2).reshape(-1, T, C)  # (B, T, C), padding included
         return self.dropout(out[:B])
@@ -208,9 +212,6 @@ class MixtureOfExperts(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.aux_loss = torch.zeros(())
 
-    def experts(self, tokens: torch.Tensor) -> torch.Tensor:  # (E, n, C) -> (E, n, C)
-        return activation(tokens @ self.w1) @ self.w2
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         E, k = self.w1.shape[0], self.top_k
@@ -221,7 +222,7 @@ class MixtureOfExperts(nn.Module):
         if self.expert_choice:
             capacity = min(N, math.ceil(N * k * (self.capacity_factor or 1.0) / E))
             gates, token = probs.t().topk(capacity, dim=1)  # (E, c): each expert picks its tokens
-            y = self.experts(xf[token]) * gates.unsqueeze(-1)  # (E, c, C)
+            y = experts(xf[token], self.w1, self.w2) * gates.unsqueeze(-1)  # (E, c, C)
             out.index_add_(0, token.flatten(), y.view(-1, C))
             self.aux_loss = torch.zeros((), device=x.device)
             return self.dropout(out.view(B, T, C))
@@ -239,7 +240,7 @@ class MixtureOfExperts(nn.Module):
         keep = slot < capacity
         expert, gates, token, slot = expert[keep], gates[keep], token[keep], slot[keep]
         buffer = xf.new_zeros(E * capacity, C).index_copy(0, expert * capacity + slot, xf[token])
-        y = self.experts(buffer.view(E, capacity, C)).view(-1, C)[expert * capacity + slot]
+        y = experts(buffer.view(E, capacity, C), self.w1, self.w2).view(-1, C)[expert * capacity + slot]
         out.index_add_(0, token, y * gates.unsqueeze(-1))
         # Switch load balancing: f_e = fraction of assignments to e, P_e = mean probability of e.
         self.aux_loss = self.aux_loss_coef * E * (load.float() / (N * k) * probs.mean(0)).sum()

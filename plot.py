@@ -21,7 +21,7 @@ def read_log(out_dir: str) -> list:
         raise SystemExit(f"error: {path} not found: train a run with --out_dir={out_dir} first")
     with open(path) as f:
         records = [json.loads(line) for line in f]
-    # a resumed run logs its starting evaluation again: keep the last record of each iteration
+    # an --eval_only run appends an iteration already logged: keep the last record of each
     return list({r["iter"]: r for r in records}.values())
 
 

@@ -10,14 +10,13 @@ zero rows (MOT_SPEC §8), which also changes the real samples' outputs a little.
 """
 
 import argparse
-import os
 from contextlib import nullcontext
 from typing import Callable, Optional, Tuple
 
 import tiktoken
 import torch
 
-from train import fail, load_checkpoint, model_from_checkpoint
+from train import fail, load_model
 
 
 def load_tokenizer(meta: dict) -> Tuple[Callable[[str], list], Callable[[list], str]]:
@@ -51,9 +50,7 @@ def main(argv: Optional[list] = None) -> None:
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
-    ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
-    checkpoint = load_checkpoint(ckpt_path, args.device)
-    model = model_from_checkpoint(checkpoint, ckpt_path).eval().to(args.device)
+    checkpoint, model = load_model(args.out_dir, args.device)
     encode, decode = load_tokenizer(checkpoint["meta"])
 
     start = args.start

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.func import functional_call
 
+import mot
 from mot import FFNS, GPT, MLP, GPTConfig, MixtureOfExperts, MixtureOfTokens
 
 DT = torch.float64
@@ -528,14 +529,14 @@ def test_moe_load_balancing_loss_on_known_routing(top_k, logits, expected):
 
 
 @pytest.mark.parametrize("top_k, capacity_factor", [(1, None), (1, 0.5), (2, None), (1, 3.0)])
-def test_expert_choice_each_expert_processes_exactly_capacity_tokens(top_k, capacity_factor):
+def test_expert_choice_each_expert_processes_exactly_capacity_tokens(top_k, capacity_factor, monkeypatch):
     """Expert choice: each expert gets a buffer of exactly ceil(cf·N·k/E) tokens, its top-p_e tokens."""
     layer = make_layer(ffn="moe", n_experts=4, moe_top_k=top_k, moe_routing="expert_choice",
                        capacity_factor=capacity_factor, expert_size=16)
     x = randn(2, 4, 8)
     capacity = math.ceil((capacity_factor or 1.0) * 8 * top_k / 4)
-    seen, experts = [], layer.experts
-    layer.experts = lambda tokens: seen.append(tuple(tokens.shape)) or experts(tokens)
+    seen, experts = [], mot.experts
+    monkeypatch.setattr(mot, "experts", lambda tokens, w1, w2: seen.append(tuple(tokens.shape)) or experts(tokens, w1, w2))
     out = layer(x)
     assert seen == [(4, capacity, 8)]
     torch.testing.assert_close(out, loop_expert_choice(layer, x, capacity))

@@ -79,7 +79,7 @@ def test_train_each_ffn_logs_and_learns(data_root, tmp_path, ffn, run_train):
 
 
 @pytest.mark.parametrize("eval_interval, m, n, resumed_iters", [(2, 4, 8, [0, 2, 4, 6, 8]), (5, 3, 7, [0, 3, 5, 7])])
-def test_resume_is_exact(data_root, tmp_path, run_train, eval_interval, m, n, resumed_iters):
+def test_resume_is_exact(tmp_path, run_train, eval_interval, m, n, resumed_iters):
     """N iterations in one run log the same losses and lr as M < N iterations resumed to N
     (the last iteration is always evaluated and saved, whatever eval_interval)."""
     args = ["--ffn=mot", "--gradient_accumulation_steps=2", f"--eval_interval={eval_interval}"]
@@ -92,7 +92,7 @@ def test_resume_is_exact(data_root, tmp_path, run_train, eval_interval, m, n, re
     assert after_m[-1][0] == n
 
 
-def test_checkpoint_loads_weights_only_and_save_is_atomic(data_root, tmp_path, monkeypatch, run_train):
+def test_checkpoint_loads_weights_only_and_save_is_atomic(tmp_path, monkeypatch, run_train):
     """ckpt.pt loads with weights_only=True; a save interrupted midway keeps the previous checkpoint."""
     out = tmp_path / "out"
     run_train(out, "--max_iters=2")
@@ -111,7 +111,7 @@ def test_checkpoint_loads_weights_only_and_save_is_atomic(data_root, tmp_path, m
     assert torch.load(path, weights_only=True)["iter_num"] == 2
 
 
-def test_sample_prints_samples_for_a_partial_group(data_root, tmp_path, capsys, run_train):
+def test_sample_prints_samples_for_a_partial_group(tmp_path, capsys, run_train):
     """3 samples from a MoT with group_size 2 (a padded group) all start with the prompt."""
     out = tmp_path / "out"
     run_train(out, "--ffn=mot", "--max_iters=2")
@@ -129,13 +129,13 @@ def test_sample_prints_samples_for_a_partial_group(data_root, tmp_path, capsys, 
     (["--dataset=nope"], "data/nope/prepare.py"),
     (["--init_from=resume"], "no checkpoint"),
 ])
-def test_bad_settings_exit_with_a_message(data_root, tmp_path, args, message, run_train):
+def test_bad_settings_exit_with_a_message(tmp_path, args, message, run_train):
     with pytest.raises(SystemExit) as e:
         run_train(tmp_path / "out", *args)
     assert message in str(e.value)
 
 
-def test_unknown_prompt_characters_are_named(data_root, tmp_path, run_train):
+def test_unknown_prompt_characters_are_named(tmp_path, run_train):
     out = tmp_path / "out"
     checkpoint_args = [f"--out_dir={out}", "--device=cpu", "--max_new_tokens=1"]
     run_train(out, "--max_iters=2")
@@ -143,7 +143,7 @@ def test_unknown_prompt_characters_are_named(data_root, tmp_path, run_train):
         sample.main(checkpoint_args + ["--start=Zebra"])
 
 
-def test_cli_errors_are_one_line_without_traceback(data_root, tmp_path, run_train):
+def test_cli_errors_are_one_line_without_traceback(tmp_path, run_train):
     """A truncated checkpoint and an unknown flag exit non-zero with one line, no traceback."""
     out = tmp_path / "out"
     run_train(out, "--max_iters=2")

@@ -122,6 +122,13 @@ def model_from_checkpoint(checkpoint: dict, path: str) -> GPT:
     return model
 
 
+def load_model(out_dir: str, device: str):
+    """The checkpoint out_dir/ckpt.pt and its GPT on `device` in eval mode, or a one-line error."""
+    path = os.path.join(out_dir, "ckpt.pt")
+    checkpoint = load_checkpoint(path, device)
+    return checkpoint, model_from_checkpoint(checkpoint, path).to(device).eval()
+
+
 def save_checkpoint(checkpoint: dict, path: str) -> None:
     """Write atomically: an interrupted save leaves the previous checkpoint intact."""
     torch.save(checkpoint, path + ".tmp")

@@ -21,7 +21,7 @@ import torch
 
 from mot import MixtureOfTokens
 from sample import load_tokenizer
-from train import fail, load_checkpoint, load_data, model_from_checkpoint
+from train import fail, load_data, load_model
 
 
 def main(argv=None) -> None:
@@ -39,12 +39,10 @@ def main(argv=None) -> None:
     except ImportError:
         fail("visualize.py needs matplotlib: pip install matplotlib")
 
-    path = os.path.join(args.out_dir, "ckpt.pt")
-    checkpoint = load_checkpoint(path, args.device)
-    model = model_from_checkpoint(checkpoint, path).to(args.device).eval()
+    checkpoint, model = load_model(args.out_dir, args.device)
     layers = model.ffns(MixtureOfTokens)
     if not layers:
-        fail(f"{path} holds a {model.config.ffn} model: there are no merge weights to show")
+        fail(f"{args.out_dir}/ckpt.pt holds a {model.config.ffn} model: there are no merge weights to show")
     if not -len(layers) <= args.layer < len(layers):
         fail(f"--layer={args.layer}: the model has {len(layers)} MoT layers")
     layer, c = layers[args.layer], checkpoint["config"]
