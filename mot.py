@@ -1,21 +1,25 @@
 """
-A GPT whose feed-forward layers are dense, Mixture of Tokens (MoT) or sparse Mixture of Experts (MoE).
+A GPT whose feed-forward layers (FFNs) are dense, Mixture of Tokens (MoT) or sparse Mixture of
+Experts (MoE). MoT: "Mixture of Tokens: Continuous MoE through Cross-Example Aggregation",
+Antoniak et al., arXiv 2310.15961.
 
-Mixture of Tokens: "Mixture of Tokens: Continuous MoE through Cross-Example Aggregation",
-Antoniak et al., arXiv 2310.15961. Read top to bottom: config, attention, the three FFNs
-(dense, MoT, MoE), block, GPT. Section numbers (§) refer to MOT_SPEC.md.
+Read top to bottom: config, attention, the FFNs (dense, MoT, MoE) and their registry FFNS, block,
+GPT. The README's "What Mixture of Tokens computes" is the specification: comments cite its
+numbered steps 1-5.
 """
 
 import inspect
 import math
+import os
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils import skip_init
 
-FFN_KINDS = ("dense", "mot", "moe")
+INIT_STD = 0.02  # GPT-2's init: N(0, 0.02) for every weight matrix
 
 
 @dataclass
@@ -27,14 +31,14 @@ class GPTConfig:
     n_embd: int = 384
     dropout: float = 0.0
     bias: bool = False  # biases in Linears and LayerNorms (experts never have biases)
-    ffn: str = "dense"  # "dense" | "mot" | "moe"
+    ffn: str = "dense"  # a key of FFNS: "dense" | "mot" | "moe" | "mot_emit_softmax"
     n_dense_layers: int = 0  # the first n blocks keep a dense FFN (the paper: the first half)
     n_experts: int = 32
-    group_size: int = 32  # MoT: examples mixed together at each position (§1)
+    group_size: int = 32  # MoT: examples mixed together at each position (step 1)
     expert_size: Optional[int] = None  # hidden width of one expert; None = FLOP-matched to dense
     temperature: float = 1.0  # MoT softmax temperature τ
     learnable_temperature: bool = False  # MoT: τ = exp(θ), θ learned
-    mot_routing: str = "continuous"  # MoT: "continuous" (softmax) | "discrete" (one-hot argmax, τ → 0)
+    mot_routing: str = "continuous"  # MoT: "continuous" (softmax) | "discrete" (argmax, τ → 0)
     moe_top_k: int = 1
     moe_routing: str = "token_choice"  # MoE: "token_choice" | "expert_choice" (NOT causal)
     capacity_factor: Optional[float] = None  # MoE: None = dropless
@@ -48,26 +52,29 @@ class GPTConfig:
         for field in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "n_experts",
                       "group_size", "moe_top_k"):
             require(getattr(self, field) > 0, field, "must be a positive integer")
-        require(self.ffn in FFN_KINDS, "ffn", f"must be one of {FFN_KINDS}")
-        require(self.n_embd % self.n_head == 0, "n_embd", f"must be divisible by n_head={self.n_head}")
+        require(self.ffn in FFNS, "ffn", f"must be one of {tuple(FFNS)}")
+        require(self.n_embd % self.n_head == 0, "n_embd",
+                f"must be divisible by n_head={self.n_head}")
         require(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
-        require(0 <= self.n_dense_layers <= self.n_layer, "n_dense_layers", "must be in [0, n_layer]")
+        require(0 <= self.n_dense_layers <= self.n_layer, "n_dense_layers",
+                "must be in [0, n_layer]")
+        require(self.expert_size is None or self.expert_size > 0, "expert_size",
+                "must be positive, or None for the FLOP-matched width")
         require(self.temperature > 0, "temperature", "must be > 0")
         require(self.mot_routing in ("continuous", "discrete"), "mot_routing",
                 "must be 'continuous' or 'discrete'")
         require(self.moe_routing in ("token_choice", "expert_choice"), "moe_routing",
                 "must be 'token_choice' or 'expert_choice'")
-        require(self.moe_top_k <= self.n_experts, "moe_top_k", f"must be <= n_experts={self.n_experts}")
+        require(self.moe_top_k <= self.n_experts, "moe_top_k",
+                f"must be <= n_experts={self.n_experts}")
         require(self.capacity_factor is None or self.capacity_factor > 0, "capacity_factor",
                 "must be > 0, or None for dropless")
         require(self.aux_loss_coef >= 0, "aux_loss_coef", "must be >= 0")
-        if self.expert_size is None and self.ffn != "dense":  # §6: E·H/G = 4C (MoT), k·H = 4C (MoE)
-            hidden, per = ((4 * self.n_embd * self.group_size, self.n_experts) if self.ffn == "mot"
-                           else (4 * self.n_embd, self.moe_top_k))
-            require(hidden % per == 0, "expert_size", f"the FLOP-matched default {hidden}/{per} is not "
-                    f"an integer: set expert_size, or change n_experts/group_size/moe_top_k")
-            self.expert_size = hidden // per
-        require(self.expert_size is None or self.expert_size > 0, "expert_size", "must be positive")
+
+    @property
+    def residual_init_std(self) -> float:
+        """GPT-2 scales the init of the projections into the residual stream: 1/sqrt(2·n_layer)."""
+        return INIT_STD / math.sqrt(2 * self.n_layer)
 
 
 class CausalSelfAttention(nn.Module):
@@ -82,33 +89,67 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for t in (q, k, v))  # (B, nh, T, hs)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 
+# ----------------------------------------------------------------------------- the FFNs
+# Every FFN maps (B, T, C) to (B, T, C), initialises itself, and provides:
+#   from_config(config)      build it from a GPTConfig (its constructor takes plain arguments)
+#   num_active_params()      the parameters whose multiply-adds one token pays for
+#   mixing_macs_per_token()  multiply-adds per token that are not a product with a parameter
+#                            (MoT's merge and emit); GPT.flops_per_token counts both.
+# FFNS (below the classes) maps GPTConfig.ffn to the class.
+
+
 def activation(x: torch.Tensor) -> torch.Tensor:
-    """ReLU, the one activation of every FFN so that comparisons are fair (the MoT reference uses
-    ReLU, §4). In place: the matmuls that produce x do not keep their output for the backward pass,
+    """ReLU, the one activation of every FFN so that comparisons are fair (the MoT authors use
+    ReLU). In place: the matmul that produces x does not keep its output for the backward pass,
     and one large allocation less is measurably faster on a CPU."""
     return F.relu(x, inplace=True)
 
 
 def experts(tokens: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
-    """Stacked expert FFNs, all in two batched matmuls: tokens (E, n, C), w1 (E, C, H), w2 (E, H, C) -> (E, n, C)."""
+    """E stacked expert FFNs in two batched matmuls: tokens (E, N, C), w1 (E, C, H), w2 (E, H, C)
+    -> (E, N, C): expert e computes w2[e]·relu(w1[e]·token) on its N tokens."""
     return torch.bmm(activation(torch.bmm(tokens, w1)), w2)
+
+
+def flop_matched(hidden: int, per: int, formula: str) -> int:
+    """The FLOP-matched expert width hidden/per, or a ValueError naming the fix."""
+    if hidden % per:
+        raise ValueError(f"expert_size=None asks for the FLOP-matched width {formula} = "
+                         f"{hidden}/{per}, which is not an integer: set expert_size, or change "
+                         f"n_experts, group_size or moe_top_k")
+    return hidden // per
 
 
 class MLP(nn.Module):
     """The dense FFN: C -> 4C -> C."""
 
-    def __init__(self, config: GPTConfig):
+    def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = False,
+                 residual_init_std: float = INIT_STD):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        # skip_init: reset_parameters draws the weights, nn.Linear's own init would be discarded
+        self.c_fc = skip_init(nn.Linear, n_embd, 4 * n_embd, bias=bias)
+        self.c_proj = skip_init(nn.Linear, 4 * n_embd, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+        self.residual_init_std = residual_init_std
+        self.reset_parameters()
+
+    @classmethod
+    def from_config(cls, config: GPTConfig) -> "MLP":
+        return cls(config.n_embd, config.dropout, config.bias, config.residual_init_std)
+
+    def reset_parameters(self) -> None:
+        for linear, std in ((self.c_fc, INIT_STD), (self.c_proj, self.residual_init_std)):
+            nn.init.normal_(linear.weight, mean=0.0, std=std)
+            if linear.bias is not None:
+                nn.init.zeros_(linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(activation(self.c_fc(x))))
@@ -121,57 +162,94 @@ class MLP(nn.Module):
 
 
 class MixtureOfTokens(nn.Module):
-    """Mixture of Tokens (§1-§5): each expert processes one weighted mix of the G tokens that share
-    a position across the G consecutive examples of a group, and sends its output back to them
-    with the same weights.
+    """Mixture of Tokens, steps 1-5 of the README: at each position, the G tokens of a group of G
+    examples are mixed into one token per expert, and each expert's output goes back to them with
+    the same weights. Every expert sees every token of its group, so the layer is continuous.
 
-    In eval mode a batch that is not a multiple of group_size is padded with zero rows (§8) so that
-    one sequence can be decoded. The padding rows take part in the softmax, so the real rows'
-    outputs differ from what they would be in a full group of real examples."""
+    Letters: B batch, T positions, C channels, G group_size, n = B/G groups, E experts,
+    H expert_size. Subclasses can change how the weights are computed by overriding
+    get_merge_weights and get_emit_weights (see MixtureOfTokensEmitSoftmax)."""
 
-    def __init__(self, config: GPTConfig):
+    def __init__(self, n_embd: int, n_experts: int, group_size: int,
+                 expert_size: Optional[int] = None, temperature: float = 1.0,
+                 learnable_temperature: bool = False, routing: str = "continuous",
+                 dropout: float = 0.0, residual_init_std: float = INIT_STD):
         super().__init__()
-        C, E, H = config.n_embd, config.n_experts, config.expert_size
-        self.group_size, self.discrete = config.group_size, config.mot_routing == "discrete"
-        self.controller = nn.Parameter(torch.empty(C, E))  # W_ctrl, no bias (§2)
-        self.w1 = nn.Parameter(torch.empty(E, C, H))  # stacked experts (§4)
+        C, E, G = n_embd, n_experts, group_size
+        H = expert_size or self.flop_matched_expert_size(C, E, G)
+        self.group_size, self.discrete = G, routing == "discrete"
+        self.controller = nn.Parameter(torch.empty(C, E))  # W_ctrl, no bias (step 2)
+        self.w1 = nn.Parameter(torch.empty(E, C, H))  # E stacked experts (step 4)
         self.w2 = nn.Parameter(torch.empty(E, H, C))
-        log_temperature = torch.tensor(math.log(config.temperature))  # τ = exp(θ) stays > 0
-        if config.learnable_temperature:
+        log_temperature = torch.tensor(math.log(temperature))  # τ = exp(θ) stays > 0
+        if learnable_temperature:
             self.log_temperature = nn.Parameter(log_temperature)
         else:
             self.register_buffer("log_temperature", log_temperature)
-        self.dropout = nn.Dropout(config.dropout)
-        self.merge_weights: Optional[torch.Tensor] = None  # (B, T, E) of the last forward, detached
+        self.dropout = nn.Dropout(dropout)
+        self.residual_init_std = residual_init_std
+        self.merge_weights: Optional[torch.Tensor] = None  # (B, T, E) of the last forward
+        self.reset_parameters()
+
+    @classmethod
+    def from_config(cls, config: GPTConfig) -> "MixtureOfTokens":
+        return cls(config.n_embd, config.n_experts, config.group_size, config.expert_size,
+                   config.temperature, config.learnable_temperature, config.mot_routing,
+                   config.dropout, config.residual_init_std)
+
+    @staticmethod
+    def flop_matched_expert_size(n_embd: int, n_experts: int, group_size: int) -> int:
+        """H with E·H/G = 4C: a token pays for E/G experts of width H, as for one dense 4C FFN."""
+        return flop_matched(4 * n_embd * group_size, n_experts, "4·n_embd·group_size/n_experts")
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.controller, mean=0.0, std=INIT_STD)
+        nn.init.normal_(self.w1, mean=0.0, std=INIT_STD)
+        nn.init.normal_(self.w2, mean=0.0, std=self.residual_init_std)
 
     @property
     def temperature(self) -> torch.Tensor:
         return self.log_temperature.exp()
 
+    def extra_repr(self) -> str:
+        (E, C, H), routing = self.w1.shape, "discrete" if self.discrete else "continuous"
+        return (f"n_embd={C}, n_experts={E}, group_size={self.group_size}, expert_size={H}, "
+                f"temperature={self.temperature.item():.3g}, routing={routing}")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        G, E = self.group_size, self.w1.shape[0]
-        if B % G:
-            if self.training:
-                raise ValueError(f"MoT: batch size {B} is not divisible by group_size={G}; "
-                                 f"use a batch size that is a multiple of {G} or change group_size")
-            x = torch.cat([x, x.new_zeros(G - B % G, T, C)])  # pad to whole groups (§8)
-        n_groups = x.shape[0] // G  # group g holds examples g*G .. g*G+G-1 (§1)
-        logits = (x @ self.controller).view(n_groups, G, T, E)  # (nG, G, T, E)
+        G, E = self.group_size, self.controller.shape[1]
+        x = self.pad_to_groups(x)
+        groups = x.view(-1, G, T, C).transpose(1, 2)  # (n, T, G, C)  1. group
+        logits = groups @ self.controller  # (n, T, G, E)  2. controller scores
+        weights = self.get_merge_weights(logits)  # (n, T, G, E)     sum to 1 over G
+        merged = weights.transpose(2, 3) @ groups  # (n, T, E, C)  3. merge
+        y = experts(merged.flatten(0, 1).transpose(0, 1), self.w1, self.w2)  # (E, nT, C)  4.
+        y = y.transpose(0, 1).view(-1, T, E, C)  # (n, T, E, C)
+        out = self.get_emit_weights(logits, weights) @ y  # (n, T, G, C)  5. emit
+        self.merge_weights = weights.detach().transpose(1, 2).reshape(-1, T, E)[:B]
+        return self.dropout(out.transpose(1, 2).reshape(-1, T, C)[:B])  # (B, T, C)
+
+    def get_merge_weights(self, logits: torch.Tensor) -> torch.Tensor:
+        """Step 2: a softmax over the G tokens of each group (dim -2), separately for each
+        position and expert."""
         if self.discrete:  # the τ → 0 limit: each expert takes the top token of its group
-            weights = torch.zeros_like(logits).scatter_(1, logits.argmax(1, keepdim=True), 1.0)
-        else:  # softmax over the G tokens of a group, separately per position and expert (§2)
-            weights = torch.softmax(logits / self.temperature, dim=1)
-        self.merge_weights = weights.detach().view(-1, T, E)[:B]
-        # Lay the G tokens of each (group, position) side by side; N = nG*T mixing problems.
-        tokens = x.view(n_groups, G, T, C).transpose(1, 2).reshape(-1, G, C)  # (N, G, C)
-        weights = weights.transpose(1, 2).reshape(-1, G, E)  # (N, G, E)
-        merged = weights.transpose(1, 2) @ tokens  # (N, E, C): one mixed token per expert (§3)
-        # Every expert on its mixed tokens (§4); the transpose is a strided view, not a copy.
-        y = experts(merged.transpose(0, 1), self.w1, self.w2)  # (E, N, C)
-        out = weights @ y.transpose(0, 1)  # (N, G, C): emit with the same weights (§5)
-        out = out.view(n_groups, T, G, C).transpose(1, 2).reshape(-1, T, C)  # (B, T, C), padding included
-        return self.dropout(out[:B])
+            return torch.zeros_like(logits).scatter_(-2, logits.argmax(-2, keepdim=True), 1.0)
+        return torch.softmax(logits / self.temperature, dim=-2)
+
+    def get_emit_weights(self, logits: torch.Tensor, merge_weights: torch.Tensor) -> torch.Tensor:
+        """Step 5: MoT sends each expert's output back with the merge weights."""
+        return merge_weights
+
+    def pad_to_groups(self, x: torch.Tensor) -> torch.Tensor:
+        """x itself when the batch is whole groups. In eval mode a partial group is filled with
+        zero rows, so that one sequence can be decoded; the zero rows take part in the softmax,
+        so the real rows' outputs differ from those in a group of real examples."""
+        B, G = x.shape[0], self.group_size
+        if B % G and self.training:
+            raise ValueError(f"MoT: batch size {B} is not divisible by group_size={G}; use a "
+                             f"batch size that is a multiple of {G} or change group_size")
+        return F.pad(x, (0, 0, 0, 0, 0, -B % G))
 
     def merge_entropy(self) -> float:
         """Mean entropy of the last forward's merge weights over each group, divided by log(G):
@@ -180,37 +258,73 @@ class MixtureOfTokens(nn.Module):
         if G == 1:
             return 0.0
         B, T, E = self.merge_weights.shape
-        w = F.pad(self.merge_weights, (0, 0, 0, 0, 0, -B % G)).view(-1, G, T, E)  # padding rows: weight 0
+        w = F.pad(self.merge_weights, (0, 0, 0, 0, 0, -B % G)).view(-1, G, T, E)  # padding: 0
         return (-(w * w.clamp_min(1e-30).log()).sum(1).mean() / math.log(G)).item()
 
     def num_active_params(self) -> int:
-        # Each group of G tokens pays for one application of every expert (§6).
+        # Each group of G tokens pays for one application of every expert.
         return self.controller.numel() + (self.w1.numel() + self.w2.numel()) // self.group_size
 
     def mixing_macs_per_token(self) -> int:
-        return 2 * self.controller.numel()  # merge and emit: C·E each (the controller is a parameter)
+        return 2 * self.controller.numel()  # merge and emit: C·E each
+
+
+class MixtureOfTokensEmitSoftmax(MixtureOfTokens):
+    """MoT whose emit weights are a softmax over the experts, as Soft MoE combines its slots:
+    each token gets back a convex combination of the expert outputs."""
+
+    def get_emit_weights(self, logits: torch.Tensor, merge_weights: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits / self.temperature, dim=-1)  # (n, T, G, E), sums to 1 over E
 
 
 class MixtureOfExperts(nn.Module):
-    """Sparse MoE baseline (§9). Token choice: each token goes to its top-k experts, weighted by its
+    """Sparse MoE baseline. Token choice: each token goes to its top-k experts, weighted by its
     router probabilities; with a capacity factor an expert takes at most
     ceil(capacity_factor·N·k/E) tokens and the rest are dropped (the residual carries them).
-    Expert choice: each expert takes its top-c tokens of the whole batch. It looks at all positions
-    at once, so it is NOT causal: a training baseline only, wrong for autoregressive decoding.
+    Expert choice: each expert takes its top-c tokens of the whole batch. It looks at all
+    positions at once, so it is NOT causal: a training baseline only, wrong for decoding.
 
     self.aux_loss holds the Switch load-balancing loss α·E·Σ_e f_e·P_e of the last forward
     (token choice; 0 for expert choice, which is balanced by construction)."""
 
-    def __init__(self, config: GPTConfig):
+    def __init__(self, n_embd: int, n_experts: int, top_k: int = 1,
+                 expert_size: Optional[int] = None, routing: str = "token_choice",
+                 capacity_factor: Optional[float] = None, aux_loss_coef: float = 0.01,
+                 dropout: float = 0.0, residual_init_std: float = INIT_STD):
         super().__init__()
-        C, E, H = config.n_embd, config.n_experts, config.expert_size
-        self.top_k, self.capacity_factor = config.moe_top_k, config.capacity_factor
-        self.expert_choice, self.aux_loss_coef = config.moe_routing == "expert_choice", config.aux_loss_coef
+        C, E = n_embd, n_experts
+        H = expert_size or self.flop_matched_expert_size(C, E, top_k)
+        self.top_k, self.capacity_factor = top_k, capacity_factor
+        self.expert_choice, self.aux_loss_coef = routing == "expert_choice", aux_loss_coef
         self.router = nn.Parameter(torch.empty(C, E))
         self.w1 = nn.Parameter(torch.empty(E, C, H))
         self.w2 = nn.Parameter(torch.empty(E, H, C))
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.residual_init_std = residual_init_std
         self.aux_loss = torch.zeros(())
+        self.reset_parameters()
+
+    @classmethod
+    def from_config(cls, config: GPTConfig) -> "MixtureOfExperts":
+        return cls(config.n_embd, config.n_experts, config.moe_top_k, config.expert_size,
+                   config.moe_routing, config.capacity_factor, config.aux_loss_coef,
+                   config.dropout, config.residual_init_std)
+
+    @staticmethod
+    def flop_matched_expert_size(n_embd: int, n_experts: int, top_k: int) -> int:
+        """H with k·H = 4C: a token pays for k experts of width H, as for one dense 4C FFN."""
+        return flop_matched(4 * n_embd, top_k, "4·n_embd/moe_top_k")
+
+    def extra_repr(self) -> str:
+        E, C, H = self.w1.shape
+        routing = "expert_choice" if self.expert_choice else "token_choice"
+        return (f"n_embd={C}, n_experts={E}, top_k={self.top_k}, expert_size={H}, "
+                f"routing={routing}, capacity_factor={self.capacity_factor}")
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.router, mean=0.0, std=INIT_STD)
+        nn.init.normal_(self.w1, mean=0.0, std=INIT_STD)
+        nn.init.normal_(self.w2, mean=0.0, std=self.residual_init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
@@ -231,7 +345,7 @@ class MixtureOfExperts(nn.Module):
         expert, gates = expert.t().flatten(), gates.t().flatten()  # (k*N,)
         token = torch.arange(N, device=x.device).repeat(k)
         one_hot = F.one_hot(expert, E)  # (k*N, E)
-        slot = ((one_hot.cumsum(0) - 1) * one_hot).sum(1)  # position of each assignment in its expert's queue
+        slot = ((one_hot.cumsum(0) - 1) * one_hot).sum(1)  # place in its expert's queue
         load = one_hot.sum(0)  # (E,) assignments per expert
         if self.capacity_factor is None:  # dropless: the buffer fits the busiest expert
             capacity = int(load.max())
@@ -239,8 +353,9 @@ class MixtureOfExperts(nn.Module):
             capacity = math.ceil(self.capacity_factor * N * k / E)
         keep = slot < capacity
         expert, gates, token, slot = expert[keep], gates[keep], token[keep], slot[keep]
-        buffer = xf.new_zeros(E * capacity, C).index_copy(0, expert * capacity + slot, xf[token])
-        y = experts(buffer.view(E, capacity, C), self.w1, self.w2).view(-1, C)[expert * capacity + slot]
+        place = expert * capacity + slot
+        buffer = xf.new_zeros(E * capacity, C).index_copy(0, place, xf[token])
+        y = experts(buffer.view(E, capacity, C), self.w1, self.w2).view(-1, C)[place]
         out.index_add_(0, token, y * gates.unsqueeze(-1))
         # Switch load balancing: f_e = fraction of assignments to e, P_e = mean probability of e.
         self.aux_loss = self.aux_loss_coef * E * (load.float() / (N * k) * probs.mean(0)).sum()
@@ -255,7 +370,11 @@ class MixtureOfExperts(nn.Module):
         return 0
 
 
-FFNS = {"dense": MLP, "mot": MixtureOfTokens, "moe": MixtureOfExperts}
+FFNS = {"dense": MLP, "mot": MixtureOfTokens, "moe": MixtureOfExperts,
+        "mot_emit_softmax": MixtureOfTokensEmitSoftmax}
+
+
+# ----------------------------------------------------------------------------- the model
 
 
 class Block(nn.Module):
@@ -264,7 +383,7 @@ class Block(nn.Module):
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.ffn = FFNS[ffn](config)
+        self.ffn = FFNS[ffn].from_config(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
@@ -285,25 +404,46 @@ class GPT(nn.Module):
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
-        self.aux_loss = torch.zeros(())  # sum of the MoE layers' load-balancing losses, last forward
+        self.aux_loss = torch.zeros(())  # the MoE layers' load-balancing losses, last forward
+        # nanoGPT's init, draw for draw, so that a dense GPT equals nanoGPT's for the same seed
+        # (this redraws MLP's weights, from the same distributions as MLP.reset_parameters).
         self.apply(self._init_weights)
-        # GPT-2: scale the residual projections' init by 1/sqrt(2·n_layer)
-        residual_std = 0.02 / math.sqrt(2 * config.n_layer)
         for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight") or name.endswith(".w2"):
-                nn.init.normal_(p, mean=0.0, std=residual_std)
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=config.residual_init_std)
 
     def _init_weights(self, module: nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, (MixtureOfTokens, MixtureOfExperts)):
-            for p in (module.w1, module.w2, getattr(module, "controller", None), getattr(module, "router", None)):
-                if p is not None:
-                    nn.init.normal_(p, mean=0.0, std=0.02)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, device: str = "cpu") -> Tuple["GPT", dict]:
+        """The GPT saved by train.py at `path`, on `device` in eval mode, and the checkpoint dict;
+        a ValueError saying what is wrong with a missing, damaged or foreign file."""
+        if not os.path.exists(path):
+            raise ValueError(f"no checkpoint at {path}: train one first")
+        try:
+            checkpoint = torch.load(path, map_location=device, weights_only=True)
+        except Exception as e:  # a damaged file can fail anywhere inside the unpickler
+            raise ValueError(f"cannot read checkpoint {path} (truncated or corrupted?): "
+                             f"{str(e).split('. ')[0]}") from None
+        required = {"model", "model_args", "iter_num", "meta"}
+        missing = required - set(checkpoint if isinstance(checkpoint, dict) else {})
+        if missing:
+            raise ValueError(f"{path} is not a checkpoint written by train.py "
+                             f"(missing {sorted(missing)})")
+        try:
+            model = cls(GPTConfig(**checkpoint["model_args"]))
+            model.load_state_dict(checkpoint["model"])
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"{path} does not hold a model of this mot.py: "
+                             f"{str(e).splitlines()[0]}") from None
+        return model.to(device).eval(), checkpoint
 
     def ffns(self, kind: type) -> list:
+        """The FFN layers that are instances of `kind` (a class or a tuple of classes)."""
         return [b.ffn for b in self.transformer.h if isinstance(b.ffn, kind)]
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None):
@@ -311,11 +451,12 @@ class GPT(nn.Module):
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size={self.config.block_size}")
         pos = torch.arange(T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # B, T, C
         for block in self.transformer.h:
             x = block(x)
         x = self.transformer.ln_f(x)
-        self.aux_loss = sum((m.aux_loss for m in self.ffns(MixtureOfExperts)), torch.zeros((), device=idx.device))
+        self.aux_loss = sum((m.aux_loss for m in self.ffns(MixtureOfExperts)),
+                            torch.zeros((), device=idx.device))
         if targets is None:  # inference: only the last position is needed
             return self.lm_head(x[:, [-1], :]), None
         logits = self.lm_head(x)  # (B, T, vocab)
@@ -333,7 +474,8 @@ class GPT(nn.Module):
         return self.get_num_params() - ffn_all + ffn_active
 
     def flops_per_token(self, seq_len: Optional[int] = None) -> int:
-        """Forward+backward FLOPs per token, counting active experts only and MoT's mixing (PaLM App. B)."""
+        """Forward+backward FLOPs per token: active parameters and MoT's mixing, 6 FLOPs per
+        multiply-add, plus attention (PaLM, appendix B)."""
         cfg, T = self.config, seq_len or self.config.block_size
         mixing = sum(b.ffn.mixing_macs_per_token() for b in self.transformer.h)
         return 6 * (self.get_num_active_params() + mixing) + 12 * cfg.n_layer * cfg.n_embd * T
@@ -343,32 +485,36 @@ class GPT(nn.Module):
         flops = self.flops_per_token() * self.config.block_size * fwdbwd_per_iter
         return flops / dt / peak_flops
 
-    def configure_optimizers(self, weight_decay: float, learning_rate: float, betas, device_type: str):
+    def configure_optimizers(self, weight_decay: float, learning_rate: float, betas,
+                             device_type: str):
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
         fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **(dict(fused=True) if fused else {}))
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas,
+                                 **(dict(fused=True) if fused else {}))
 
     def to_sparse(self, routing: str) -> "GPT":
-        """A new GPT whose MoT layers do not mix examples, for transition tuning (§8), weights copied:
+        """A new GPT whose MoT layers do not mix examples, for transition tuning, weights copied:
         "discrete": the same layers with one-hot argmax merge weights (the τ → 0 limit);
         "token_choice": top-k token-choice MoE layers, k = E/G (the same expert FLOPs per token),
         whose experts are the MoT experts and whose router is the MoT controller."""
         cfg = self.config
-        if cfg.ffn != "mot":
+        if FFNS[cfg.ffn] is not MixtureOfTokens:
             raise ValueError(f"to_sparse converts MoT layers, but this model has ffn={cfg.ffn!r}")
         if routing == "discrete":
             sparse_config = replace(cfg, mot_routing="discrete")
         elif routing == "token_choice":
-            sparse_config = replace(cfg, ffn="moe", moe_routing="token_choice", capacity_factor=None,
-                                    moe_top_k=max(1, cfg.n_experts // cfg.group_size))
+            sparse_config = replace(cfg, ffn="moe", moe_routing="token_choice",
+                                    capacity_factor=None,
+                                    moe_top_k=max(1, cfg.n_experts // cfg.group_size),
+                                    expert_size=self.ffns(MixtureOfTokens)[0].w1.shape[2])
         else:
             raise ValueError(f"routing={routing!r}: use 'discrete' or 'token_choice'")
         state = self.state_dict()
-        if routing == "token_choice":  # the controller becomes the router; MoE has no temperature
-            state = {name.replace(".ffn.controller", ".ffn.router"): tensor for name, tensor in state.items()
-                     if not name.endswith(".log_temperature")}
+        if routing == "token_choice":  # the controller becomes the router; MoE has no τ
+            state = {name.replace(".ffn.controller", ".ffn.router"): tensor
+                     for name, tensor in state.items() if not name.endswith(".log_temperature")}
         sparse = GPT(sparse_config)
         sparse.load_state_dict(state)
         return sparse
@@ -376,8 +522,9 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: Optional[int] = None) -> torch.Tensor:
-        """Sample max_new_tokens after idx (B, T). Call model.eval() first. For MoT the B sequences
-        are mixed in groups of group_size, as in training (a partial group is padded, §8)."""
+        """Sample max_new_tokens after idx (B, T). Call model.eval() first. For MoT the B
+        sequences are mixed in groups of group_size, as in training (a partial group is padded
+        with zero rows)."""
         for _ in range(max_new_tokens):
             idx_cond = idx[:, -self.config.block_size:]
             logits, _ = self(idx_cond)

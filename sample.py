@@ -6,17 +6,22 @@ Sample from a model trained by train.py:
 The samples are generated together as one batch. For MoT this matters: the model mixes examples
 in groups of group_size, at each position, exactly as in training, so the samples of one group
 influence each other. When num_samples is not a multiple of group_size the batch is padded with
-zero rows (MOT_SPEC §8), which also changes the real samples' outputs a little.
+zero rows , which also changes the real samples' outputs a little.
 """
 
 import argparse
+import os
 from contextlib import nullcontext
 from typing import Callable, Optional, Tuple
 
 import tiktoken
 import torch
 
-from train import fail, load_model
+from mot import GPT
+
+
+def fail(message: str):
+    raise SystemExit(f"error: {message}")
 
 
 def load_tokenizer(meta: dict) -> Tuple[Callable[[str], list], Callable[[list], str]]:
@@ -24,33 +29,42 @@ def load_tokenizer(meta: dict) -> Tuple[Callable[[str], list], Callable[[list], 
     if meta["tokenizer"] == "gpt2":
         enc = tiktoken.get_encoding("gpt2")
         return (lambda s: enc.encode(s, allowed_special={"<|endoftext|>"}),
-                lambda ids: enc.decode([i for i in ids if i < enc.n_vocab]))  # padded ids decode to nothing
+                # ids of the padded vocabulary beyond GPT-2's decode to nothing
+                lambda ids: enc.decode([i for i in ids if i < enc.n_vocab]))
     stoi = {ch: i for i, ch in enumerate(meta["chars"])}
 
     def encode(s: str) -> list:
         unknown = sorted(set(s) - stoi.keys())
         if unknown:
-            fail(f"the prompt has characters outside the model's vocabulary: {unknown!r}; remove them")
+            fail(f"the prompt has characters outside the model's vocabulary: {unknown!r}; "
+                 f"remove them")
         return [stoi[ch] for ch in s]
 
     return encode, lambda ids: "".join(meta["chars"][i] for i in ids)
 
 
 def main(argv: Optional[list] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out_dir", default="out", help="directory holding ckpt.pt")
-    parser.add_argument("--start", default="\n", help="prompt text, or FILE:path to read it from a file")
+    parser.add_argument("--start", default="\n",
+                        help="prompt text, or FILE:path to read it from a file")
     parser.add_argument("--num_samples", type=int, default=10)
     parser.add_argument("--max_new_tokens", type=int, default=500)
-    parser.add_argument("--temperature", type=float, default=0.8, help="< 1 sharper, > 1 more random")
-    parser.add_argument("--top_k", type=int, default=200, help="keep only the top_k most likely tokens")
+    parser.add_argument("--temperature", type=float, default=0.8,
+                        help="< 1 sharper, > 1 more random")
+    parser.add_argument("--top_k", type=int, default=200,
+                        help="keep only the top_k most likely tokens")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
-    checkpoint, model = load_model(args.out_dir, args.device)
+    try:
+        model, checkpoint = GPT.from_checkpoint(os.path.join(args.out_dir, "ckpt.pt"), args.device)
+    except ValueError as e:
+        fail(str(e))
     encode, decode = load_tokenizer(checkpoint["meta"])
 
     start = args.start
@@ -60,7 +74,7 @@ def main(argv: Optional[list] = None) -> None:
     ids = encode(start)
     if not ids:
         fail("--start is empty: give at least one token of prompt")
-    x = torch.tensor(ids, dtype=torch.long, device=args.device).repeat(args.num_samples, 1)  # (num_samples, T)
+    x = torch.tensor(ids, dtype=torch.long, device=args.device).repeat(args.num_samples, 1)
     device_type = "cuda" if "cuda" in args.device else "cpu"
     autocast = (nullcontext() if args.dtype == "float32"
                 else torch.amp.autocast(device_type, dtype=getattr(torch, args.dtype)))

@@ -1,31 +1,37 @@
-"""Property tests for mot.py (dense / Mixture of Tokens / sparse MoE GPT). Section numbers (§) refer
-to MOT_SPEC.md. Tiny models, float64 where exactness matters: `python -m pytest -q test_mot.py`."""
+"""Tests of mot.py: the properties that define Mixture of Tokens (causality, grouping, continuity),
+checked with hypothesis over random configurations, and the layers against slow loops that follow
+the README's steps 1-5 literally. Tiny models, float64 where exactness matters:
+`python -m pytest -q test_mot.py`."""
 
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch.func import functional_call
 
 import mot
-from mot import FFNS, GPT, MLP, GPTConfig, MixtureOfExperts, MixtureOfTokens
+from mot import (FFNS, GPT, MLP, GPTConfig, MixtureOfExperts, MixtureOfTokens,
+                 MixtureOfTokensEmitSoftmax)
 
 DT = torch.float64
-# MoT's τ is stored as a float32 log (exp(log τ) ≠ τ in the last bits), so compare MoT with a bit of slack.
+# MoT's τ is stored as a float32 log (exp(log τ) ≠ τ in the last bits): compare with some slack.
 TOL = dict(rtol=1e-5, atol=1e-7)
 GROUPED = dict(group_size=3, n_experts=4)  # with a batch of 6: two groups of three examples
 B6 = (6, 3, 8)  # (B, T, C) for GROUPED layers
+MIXING_KINDS = ("mot", "mot_emit_softmax")  # the FFN kinds that mix the examples of a group
+# Property tests: the same examples on every run (no flaky CI), several per property.
+PROPERTY = settings(max_examples=25, deadline=None, database=None, derandomize=True)
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
 def tiny_config(**overrides) -> GPTConfig:
-    base = dict(block_size=8, vocab_size=32, n_layer=1, n_head=1, n_embd=8, n_experts=4, group_size=2,
-                dropout=0.0, ffn="mot")
+    base = dict(block_size=8, vocab_size=32, n_layer=1, n_head=1, n_embd=8, n_experts=4,
+                group_size=2, dropout=0.0, ffn="mot")
     return GPTConfig(**{**base, **overrides})
 
 
@@ -41,29 +47,31 @@ def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Fill every matrix parameter with N(0, 1/fan_in): routing far from uniform, outputs O(1)."""
     with torch.no_grad():
         for p in module.parameters():
-            if p.dim() >= 2:  # controller/router (C, E), w1 (E, C, H), w2 (E, H, C): fan_in = shape[-2]
-                p.copy_(torch.randn(p.shape, generator=generator(seed), dtype=p.dtype) / math.sqrt(p.shape[-2]))
+            if p.dim() >= 2:  # controller/router (C, E), w1 (E, C, H), w2 (E, H, C): fan_in = [-2]
+                p.copy_(torch.randn(p.shape, generator=generator(seed), dtype=p.dtype)
+                        / math.sqrt(p.shape[-2]))
                 seed += 1
     return module
 
 
 def make_layer(seed=0, **overrides):
-    """An FFN layer (MoT by default) built from tiny_config(**overrides), float64, random weights."""
+    """An FFN layer (MoT by default) from tiny_config(**overrides), float64, random weights."""
     config = tiny_config(**overrides)
-    return randomize_(FFNS[config.ffn](config).to(DT), seed)
+    return randomize_(FFNS[config.ffn].from_config(config).to(DT), seed)
 
 
 def copy_weights(src: torch.nn.Module, dst: torch.nn.Module) -> None:
-    """Copy controller/router, w1, w2 from src to dst (not log_temperature: τ comes from dst's config)."""
+    """Copy controller/router, w1, w2 from src to dst (not log_temperature: τ is dst's own)."""
     missing, unexpected = dst.load_state_dict(
         {k: v for k, v in src.state_dict().items() if k != "log_temperature"}, strict=False)
     assert not unexpected and set(missing) <= {"log_temperature"}
 
 
 def make_gpt(seed=0, **overrides) -> GPT:
-    """A 2-layer float64 GPT in train mode (dropout 0), its MoT/MoE weights randomized."""
+    """A float64 GPT (2 layers unless overridden) in train mode, dropout 0, FFN weights random."""
     torch.manual_seed(seed)
-    model = GPT(tiny_config(**{**dict(n_layer=2, n_head=2, n_embd=16), **overrides})).to(DT).train()
+    model = GPT(tiny_config(**{**dict(n_layer=2, n_head=2, n_embd=16), **overrides}))
+    model = model.to(DT).train()
     for layer in model.ffns((MixtureOfTokens, MixtureOfExperts)):
         randomize_(layer, seed)
     return model
@@ -87,7 +95,7 @@ def change_after(model: GPT, idx: torch.Tensor, rows, t: int, seed=0) -> torch.T
 
 
 def expert(layer, e: int, v: torch.Tensor) -> torch.Tensor:
-    """Expert e of a MoT/MoE layer applied to v (..., C): w2[e]·relu(w1[e]·v) (§4)."""
+    """Expert e of a MoT/MoE layer applied to v (..., C): w2[e]·relu(w1[e]·v) (step 4)."""
     return F.relu(v @ layer.w1[e]) @ layer.w2[e]
 
 
@@ -104,7 +112,7 @@ def perturbed(layer, x, deltas: dict, eps: float) -> torch.Tensor:
 
 
 def change_ratios(layer, x, deltas: dict, eps_list) -> list:
-    """||out(θ + eps·d) − out(θ)|| / eps for each eps: bounded and constant for a Lipschitz/smooth layer."""
+    """||out(θ + eps·d) − out(θ)|| / eps for each eps: bounded and constant for a smooth layer."""
     with torch.no_grad():
         base = layer(x)
         return [float((perturbed(layer, x, deltas, eps) - base).norm() / eps) for eps in eps_list]
@@ -128,39 +136,40 @@ def nonzero(t: torch.Tensor) -> bool:
 
 @torch.no_grad()
 def loop_mot(layer, x, tau=1.0, discrete=False):
-    """§1-§5 literally, one (group, position, expert) at a time. Returns (out, merge weights (B, T, E))."""
+    """Steps 1-5 literally, one (group, position, expert) at a time.
+    Returns (out, merge weights (B, T, E))."""
     B, T, _ = x.shape
     G, E = layer.group_size, layer.w1.shape[0]
     out, weights = torch.zeros_like(x), torch.zeros(B, T, E, dtype=x.dtype)
     for g in range(B // G):
-        rows = range(g * G, (g + 1) * G)  # group g: examples g·G … g·G+G−1 (§1)
+        rows = range(g * G, (g + 1) * G)  # 1. group g: examples g·G … g·G+G−1
         for t in range(T):
             for e in range(E):
-                logits = [float(x[b, t] @ layer.controller[:, e]) for b in rows]  # §2
+                logits = [float(x[b, t] @ layer.controller[:, e]) for b in rows]  # 2.
                 if discrete:  # each expert takes the top token of its group, weight 1
                     w = [float(i == logits.index(max(logits))) for i in range(G)]
                 else:
                     w = softmax_list([v / tau for v in logits])  # softmax over the G tokens
-                merged = sum(w_i * x[b, t] for w_i, b in zip(w, rows))  # §3
-                y = expert(layer, e, merged)  # §4
+                merged = sum(w_i * x[b, t] for w_i, b in zip(w, rows))  # 3.
+                y = expert(layer, e, merged)  # 4.
                 for w_i, b in zip(w, rows):
-                    out[b, t] += w_i * y  # §5: emit with the same weights
+                    out[b, t] += w_i * y  # 5. emit with the same weights
                     weights[b, t, e] = w_i
     return out, weights
 
 
 @torch.no_grad()
 def router_probs(layer, x) -> list:
-    """Per token (flattened B·T order), the list of router probabilities softmax_e(x·W_r) (§9)."""
+    """Per token (flattened B·T order), the router probabilities softmax_e(x·W_r)."""
     xf = x.reshape(-1, x.shape[-1])
     return [softmax_list([float(v) for v in xf[n] @ layer.router]) for n in range(len(xf))]
 
 
 @torch.no_grad()
 def loop_moe(layer, x, capacity=None):
-    """§9 token choice one token at a time: assignments served in priority order (every token's 1st
-    choice in token order, then every 2nd choice, ...); an expert takes at most `capacity` of them.
-    Returns (out, number of kept assignments)."""
+    """Token choice one token at a time: assignments served in priority order (every token's 1st
+    choice in token order, then every 2nd choice, ...); an expert takes at most `capacity` of
+    them. Returns (out, number of kept assignments)."""
     xf, probs = x.reshape(-1, x.shape[-1]), router_probs(layer, x)
     E, k = layer.w1.shape[0], layer.top_k
     choices = [sorted(range(E), key=lambda e: -p[e])[:k] for p in probs]
@@ -186,29 +195,53 @@ def loop_expert_choice(layer, x, capacity):
     return out.view_as(x)
 
 
-# ----------------------------------------------------------------------------- causality (§1, §9)
-
-FFN_VARIANTS = {
-    "dense": dict(ffn="dense"),
-    "mot": dict(ffn="mot", group_size=2),
-    "mot-half-dense": dict(ffn="mot", group_size=2, n_dense_layers=1),
-    "moe-top1": dict(ffn="moe", moe_top_k=1),
-    "moe-top2": dict(ffn="moe", moe_top_k=2),
-}
+# ----------------------------------------------------------------------------- random setups
 
 
-@pytest.mark.parametrize("variant", FFN_VARIANTS)
-def test_gpt_is_causal(variant):
-    """Changing tokens after position t, in any one sequence or in all, leaves every logit at <= t unchanged."""
-    model = make_gpt(**FFN_VARIANTS[variant])
-    B, T = 4, 6  # two MoT groups of 2
-    idx = random_tokens(model, B, T)
-    base = all_logits(model, idx)
-    for t in range(T - 1):
-        for rows in [[b] for b in range(B)] + [list(range(B))]:
-            logits = all_logits(model, change_after(model, idx, rows, t, seed=t))
-            torch.testing.assert_close(logits[:, :t + 1], base[:, :t + 1], rtol=1e-9, atol=1e-10)
-            assert not torch.allclose(logits[rows, t + 1], base[rows, t + 1])  # the change is visible
+@st.composite
+def gpt_setups(draw, kinds=tuple(FFNS)):
+    """(config, batch size, seed) of a random tiny GPT: any FFN kind, heads, widths, experts,
+    group size, expert width, τ, top-k, dense first blocks; the batch is whole groups."""
+    n_head, head_size = draw(st.integers(1, 2)), draw(st.integers(2, 4))  # LayerNorm needs C > 1
+    E, G = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    n_layer = draw(st.integers(1, 2))
+    config = tiny_config(ffn=draw(st.sampled_from(kinds)), n_layer=n_layer, n_head=n_head,
+                         n_embd=n_head * head_size, n_experts=E, group_size=G,
+                         expert_size=draw(st.integers(1, 5)), block_size=draw(st.integers(2, 5)),
+                         temperature=draw(st.floats(0.2, 5.0)), moe_top_k=draw(st.integers(1, E)),
+                         n_dense_layers=draw(st.integers(0, n_layer - 1)))
+    return config, G * draw(st.integers(1, 3)), draw(st.integers(0, 2 ** 16))
+
+
+@st.composite
+def mixing_setups(draw, kinds=MIXING_KINDS, G=st.integers(1, 4), E=st.integers(1, 4),
+                  H=st.integers(1, 5)):
+    """(layer, x) of a random MoT-like layer (float64, weights N(0, 1/fan_in)) and an input of
+    whole groups (B = n·G, T, C)."""
+    n_groups, T, C = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 6))
+    G, seed = draw(G), draw(st.integers(0, 2 ** 16))
+    layer = make_layer(seed, ffn=draw(st.sampled_from(kinds)), n_embd=C, n_experts=draw(E),
+                       group_size=G, expert_size=draw(H), temperature=draw(st.floats(0.2, 5.0)))
+    return layer, randn(n_groups * G, T, C, seed=seed)
+
+
+# ----------------------------------------------------------------------------- causality
+
+
+@PROPERTY
+@given(setup=gpt_setups(), data=st.data())
+def test_gpt_is_causal(setup, data):
+    """For every FFN kind: changing the tokens after position t, in any set of sequences, leaves
+    every logit at positions <= t unchanged; the change is visible at t + 1."""
+    config, B, seed = setup
+    model = make_gpt(seed, **vars(config))
+    T = config.block_size
+    idx = random_tokens(model, B, T, seed)
+    t = data.draw(st.integers(0, T - 2), label="t")
+    rows = data.draw(st.lists(st.integers(0, B - 1), min_size=1, unique=True), label="rows")
+    base, changed = all_logits(model, idx), all_logits(model, change_after(model, idx, rows, t))
+    torch.testing.assert_close(changed[:, :t + 1], base[:, :t + 1], rtol=1e-9, atol=1e-10)
+    assert (changed[rows, t + 1] - base[rows, t + 1]).abs().max() > 1e-12
 
 
 def test_expert_choice_moe_is_not_causal():
@@ -223,107 +256,159 @@ def test_expert_choice_moe_is_not_causal():
     pytest.fail("expert choice never let a future token change a past logit")
 
 
-# ----------------------------------------------------------------------------- grouping (§1, §7)
+# ----------------------------------------------------------------------------- grouping
 
 
-def test_groups_are_computed_independently():
-    """Running the whole batch equals running each group of G examples alone."""
-    layer, x = make_layer(**GROUPED), randn(*B6)
-    torch.testing.assert_close(layer(x), torch.cat([layer(x[:3]), layer(x[3:])]))
-
-
-def test_permuting_examples_in_a_group_permutes_outputs():
-    """A permutation of the examples inside each group permutes outputs and merge weights the same way."""
-    layer, x = make_layer(**GROUPED), randn(*B6)
+@PROPERTY
+@given(setup=mixing_setups())
+def test_groups_are_independent_and_permutations_inside_a_group_commute(setup):
+    """The batch's output equals each group of G examples run alone; permuting the examples
+    inside each group permutes the outputs and the merge weights the same way."""
+    layer, x = setup
+    G = layer.group_size
     out, weights = layer(x), layer.merge_weights
-    perm = torch.tensor([2, 0, 1, 4, 5, 3])  # stays inside groups {0,1,2} and {3,4,5}
+    torch.testing.assert_close(out, torch.cat([layer(group) for group in x.split(G)]))
+    perm = torch.cat([g * G + torch.randperm(G, generator=generator(g))
+                      for g in range(len(x) // G)])
     torch.testing.assert_close(layer(x[perm]), out[perm])
     torch.testing.assert_close(layer.merge_weights, weights[perm])
 
 
-def test_change_of_one_token_reaches_its_group_at_its_position_only():
-    """With G > 1, changing x[b, t] changes out[b', t] for every b' in b's group and nothing else."""
-    layer, x = make_layer(**GROUPED), randn(*B6)
+@PROPERTY
+@given(setup=mixing_setups(E=st.integers(3, 4), H=st.integers(4, 5)), data=st.data())
+def test_a_token_reaches_its_group_at_its_position_only(setup, data):
+    """Changing x[b, t] changes out[b', t] for every b' in b's group, and nothing else: tokens
+    are mixed across the examples of a group, never across positions or groups."""
+    layer, x = setup
     B, T, C = x.shape
-    base = layer(x)
-    for b in range(B):
-        for t in range(T):
-            x2 = x.clone()
-            x2[b, t] += randn(C, seed=b * T + t)
-            diff = (layer(x2) - base).abs().amax(-1)  # (B, T)
-            reached = torch.zeros(B, T, dtype=torch.bool)
-            reached[b // 3 * 3:(b // 3 + 1) * 3, t] = True
-            assert (diff[reached] > 1e-9).all(), (b, t, diff)
-            assert (diff[~reached] <= 1e-12).all(), (b, t, diff)
+    G = layer.group_size
+    b, t = data.draw(st.integers(0, B - 1), label="b"), data.draw(st.integers(0, T - 1), label="t")
+    changed = x.clone()
+    changed[b, t] += randn(C, seed=b * T + t)
+    diff = (layer(changed) - layer(x)).abs().amax(-1)  # (B, T)
+    reached = torch.zeros(B, T, dtype=torch.bool)
+    reached[b // G * G:(b // G + 1) * G, t] = True
+    assert (diff[reached] > 1e-9).all(), diff
+    assert (diff[~reached] <= 1e-12).all(), diff
 
 
-def test_group_size_one_is_the_sum_of_all_experts():
-    """G = 1: every merge weight is 1 and out = Σ_e w2[e]·relu(w1[e]·x), no mixing between examples."""
-    layer, x = make_layer(group_size=1, n_experts=4), randn(5, 3, 8)
-    expected = sum(expert(layer, e, x) for e in range(4))
-    torch.testing.assert_close(layer(x), expected)
-    torch.testing.assert_close(layer.merge_weights, torch.ones(5, 3, 4, dtype=DT))
+@PROPERTY
+@given(setup=mixing_setups(kinds=("mot",), G=st.just(1)))
+def test_group_size_one_is_a_dense_ffn_of_width_experts_times_expert_size(setup):
+    """G = 1: every merge weight is 1, so MoT is one dense ReLU FFN whose hidden layer is all
+    the experts' hidden units side by side (width E·H), and examples do not interact."""
+    layer, x = setup
+    E, C, H = layer.w1.shape
+    w_in = layer.w1.permute(1, 0, 2).reshape(C, E * H)  # (C, E·H)
+    w_out = layer.w2.reshape(E * H, C)  # (E·H, C)
+    torch.testing.assert_close(layer(x), F.relu(x @ w_in) @ w_out)
+    torch.testing.assert_close(layer.merge_weights, torch.ones(*x.shape[:2], E, dtype=DT))
 
 
-def test_merge_weights_sum_to_one_over_each_group():
-    """merge_weights (B, T, E) are in (0, 1) and sum to 1 over the G examples of each group."""
-    layer, x = make_layer(**GROUPED), randn(*B6)
-    layer(x)
-    w = layer.merge_weights
-    assert w.shape == (6, 3, 4) and (w > 0).all() and (w < 1).all()
-    torch.testing.assert_close(w.view(2, 3, 3, 4).sum(1), torch.ones(2, 3, 4, dtype=DT))
-
-
-@pytest.mark.parametrize("routing", ["uniform", "random", "discrete"])
-def test_merge_entropy_is_the_normalised_entropy_over_each_group(routing):
-    """merge_entropy() = mean over (group, t, e) of −Σ_i w log w / log G: 1 for plain averages, 0 one-hot."""
-    layer, x = make_layer(**GROUPED, mot_routing="discrete" if routing == "discrete" else "continuous"), randn(*B6)
-    if routing == "uniform":
-        with torch.no_grad():
-            layer.controller.zero_()
-    layer(x)
-    w = layer.merge_weights.view(2, 3, 3, 4)
-    expected = {"uniform": 1.0, "discrete": 0.0}.get(routing, scalar(-(w * w.log()).sum(1).mean() / math.log(3)))
-    assert layer.merge_entropy() == pytest.approx(expected, abs=1e-9)
-    assert routing != "random" or 0.05 < expected < 0.95
-
-
-def test_merge_entropy_after_an_eval_batch_with_a_partial_group():
-    """merge_entropy() still works (a number in [0, 1]) after an eval forward whose batch was padded."""
-    layer = make_layer(**GROUPED).eval()
-    layer(randn(4, 3, 8))
-    assert 0.0 <= layer.merge_entropy() <= 1.0
-
-
-# ----------------------------------------------------------------------------- fast vs slow MoT
-
-
-@pytest.mark.parametrize("tau", [1.0, 0.25, 4.0, "discrete"])
-def test_fast_mot_matches_loop_reference(tau):
-    """The batched MoT equals the literal loop over groups, positions and experts (any τ, discrete mode)."""
-    discrete = tau == "discrete"
-    layer = make_layer(**GROUPED, **(dict(mot_routing="discrete") if discrete else dict(temperature=tau)))
-    x = randn(*B6)
-    out, weights = loop_mot(layer, x, 1.0 if discrete else tau, discrete)
-    torch.testing.assert_close(layer(x), out, **TOL)
-    torch.testing.assert_close(layer.merge_weights, weights, **TOL)
-
-
-@settings(max_examples=30, deadline=None, database=None)
-@given(n_groups=st.integers(1, 3), G=st.integers(1, 4), T=st.integers(1, 3), C=st.integers(1, 6),
-       E=st.integers(1, 4), H=st.integers(1, 4), tau=st.floats(0.2, 5.0), seed=st.integers(0, 2 ** 16))
-def test_fast_mot_matches_loop_on_random_shapes(n_groups, G, T, C, E, H, tau, seed):
-    """For random shapes and τ: fast == loop reference, and merge weights sum to 1 over each group."""
-    layer = make_layer(seed, n_embd=C, n_experts=E, group_size=G, expert_size=H, temperature=tau)
-    x = randn(n_groups * G, T, C, seed=seed)
-    out, weights = loop_mot(layer, x, tau)
+@PROPERTY
+@given(setup=mixing_setups(kinds=("mot",)))
+def test_mot_matches_the_loop_reference(setup):
+    """For random shapes and τ: the layer equals the literal loop of steps 1-5, and its merge
+    weights sum to 1 over each group."""
+    layer, x = setup
+    n_groups, G, (B, T, _), E = len(x) // layer.group_size, layer.group_size, x.shape, \
+        layer.w1.shape[0]
+    out, weights = loop_mot(layer, x, layer.temperature.item())
     torch.testing.assert_close(layer(x), out, **TOL)
     torch.testing.assert_close(layer.merge_weights, weights, **TOL)
     torch.testing.assert_close(layer.merge_weights.view(n_groups, G, T, E).sum(1),
                                torch.ones(n_groups, T, E, dtype=DT))
 
 
-# ----------------------------------------------------------------------------- continuity (§7)
+@pytest.mark.parametrize("tau", [1.0, 0.25, 4.0, "discrete"])
+def test_mot_matches_the_loop_reference_at_fixed_temperatures(tau):
+    """The same at τ = 0.25, 1, 4 exactly as configured, and in discrete (argmax) mode."""
+    discrete = tau == "discrete"
+    layer = make_layer(**GROUPED, **(dict(mot_routing="discrete") if discrete
+                                     else dict(temperature=tau)))
+    x = randn(*B6)
+    out, weights = loop_mot(layer, x, 1.0 if discrete else tau, discrete)
+    torch.testing.assert_close(layer(x), out, **TOL)
+    torch.testing.assert_close(layer.merge_weights, weights, **TOL)
+
+
+def test_emit_softmax_variant_emits_a_convex_combination_of_the_experts():
+    """mot_emit_softmax merges like MoT, but a token's emit weights are a softmax over experts."""
+    mixture, variant = make_layer(**GROUPED), make_layer(**GROUPED, ffn="mot_emit_softmax")
+    x = randn(*B6)
+    torch.testing.assert_close(variant.state_dict(), mixture.state_dict())  # the same weights
+    logits = (x @ variant.controller).view(2, 3, 3, 4).transpose(1, 2)  # (n, T, G, E)
+    emit = variant.get_emit_weights(logits, variant.get_merge_weights(logits))
+    torch.testing.assert_close(emit.sum(-1), torch.ones(2, 3, 3, dtype=DT))
+    torch.testing.assert_close(emit, torch.softmax(logits, dim=-1))
+    assert not torch.allclose(variant(x), mixture(x))
+    torch.testing.assert_close(variant.merge_weights, mixture.merge_weights)
+
+
+@pytest.mark.parametrize("routing", ["uniform", "random", "discrete"])
+def test_merge_entropy_is_the_normalised_entropy_over_each_group(routing):
+    """merge_entropy() = mean over (group, t, e) of −Σ_i w log w / log G: 1 for plain averages,
+    0 for one-hot weights."""
+    discrete = routing == "discrete"
+    layer = make_layer(**GROUPED, mot_routing="discrete" if discrete else "continuous")
+    x = randn(*B6)
+    if routing == "uniform":
+        with torch.no_grad():
+            layer.controller.zero_()
+    layer(x)
+    w = layer.merge_weights.view(2, 3, 3, 4)
+    expected = {"uniform": 1.0, "discrete": 0.0}.get(
+        routing, scalar(-(w * w.log()).sum(1).mean() / math.log(3)))
+    assert layer.merge_entropy() == pytest.approx(expected, abs=1e-9)
+    assert routing != "random" or 0.05 < expected < 0.95
+
+
+def test_merge_entropy_after_an_eval_batch_with_a_partial_group():
+    """merge_entropy() is a number in [0, 1] after an eval forward whose batch was padded."""
+    layer = make_layer(**GROUPED).eval()
+    layer(randn(4, 3, 8))
+    assert 0.0 <= layer.merge_entropy() <= 1.0
+
+
+# ----------------------------------------------------------------------------- continuity
+
+EPS = (1e-1, 1e-2, 1e-3, 1e-4)
+
+
+def tie(layer, x) -> dict:
+    """Make examples 0 and 1 (one group) tie for expert 0 at position 0, example 0 winning by
+    1e-12, and return a random direction for every parameter in which example 1 wins for any
+    step eps > 0: a discrete router switches there, a continuous one does not notice."""
+    deltas = {name: randn(*p.shape, seed=7 + i)
+              for i, (name, p) in enumerate(layer.named_parameters())}
+    diff = x[0, 0] - x[1, 0]
+    with torch.no_grad():
+        layer.controller[:, 0] = (orthogonal_part(layer.controller[:, 0], diff)
+                                  + 1e-12 * diff / (diff @ diff))
+        deltas["controller"][:, 0] = orthogonal_part(deltas["controller"][:, 0], diff) - diff
+    return deltas
+
+
+@PROPERTY
+@given(setup=mixing_setups(G=st.just(2), H=st.integers(4, 5)))
+def test_mot_is_lipschitz_in_its_parameters_even_at_a_routing_tie(setup):
+    """Moving every parameter by eps·d changes the output by at most L·eps, for eps from 1e-1
+    down to 1e-4, L = 2·(the ratio at the smallest eps), at a routing tie too; the ratio
+    converges (the layer is differentiable there). The same weights with argmax routing (the
+    τ → 0 limit) jump: ||Δout||/eps grows like 1/eps."""
+    layer, x = setup
+    assume(float((x[0, 0] - x[1, 0]).norm()) > 0.1)
+    deltas = tie(layer, x)
+    ratios = change_ratios(layer, x, deltas, EPS)
+    assume(ratios[-1] > 1e-9)  # not a layer whose ReLUs are all off
+    assert max(ratios) < 2 * ratios[-1], ratios
+    assert ratios[-1] == pytest.approx(ratios[-2], rel=1e-2), ratios
+    if type(layer) is MixtureOfTokens:
+        # the switch moves expert 0's output from example 0 to example 1: visible unless it is 0
+        assume(nonzero(expert(layer, 0, x[0, 0])) or nonzero(expert(layer, 0, x[1, 0])))
+        layer.discrete = True
+        jumps = change_ratios(layer, x, deltas, EPS)
+        assert jumps[-1] > 100 * jumps[0], jumps
 
 
 def test_mot_gradcheck():
@@ -334,40 +419,14 @@ def test_mot_gradcheck():
     def f(x, *params):
         return functional_call(layer, dict(zip(names, params)), (x,))
 
-    inputs = (randn(4, 2, 4).requires_grad_(), *(getattr(layer, n).detach().clone().requires_grad_() for n in names))
+    inputs = (randn(4, 2, 4).requires_grad_(),
+              *(getattr(layer, n).detach().clone().requires_grad_() for n in names))
     assert torch.autograd.gradcheck(f, inputs)
 
 
-def tied_mot_layer(mot_routing="continuous"):
-    """A MoT layer and input where examples 0 and 1 (almost) tie for expert 0 at position 0: example 0 wins
-    by 1e-12, and the random perturbation direction for the parameters makes example 1 win for any eps > 0."""
-    layer, x = make_layer(group_size=2, mot_routing=mot_routing), randn(4, 3, 8)  # groups {0, 1}, {2, 3}
-    deltas = {name: randn(*p.shape, seed=7 + i) for i, (name, p) in enumerate(layer.named_parameters())}
-    diff = x[0, 0] - x[1, 0]
-    with torch.no_grad():
-        layer.controller[:, 0] = orthogonal_part(layer.controller[:, 0], diff) + 1e-12 * diff / (diff @ diff)
-        deltas["controller"][:, 0] = orthogonal_part(deltas["controller"][:, 0], diff) - diff
-    return layer, x, deltas
-
-
-EPS = (1e-1, 1e-2, 1e-3, 1e-4)
-
-
-def test_mot_output_change_is_lipschitz_in_parameters():
-    """Moving all parameters by eps·d changes MoT's output by O(eps), even at a routing tie."""
-    ratios = change_ratios(*tied_mot_layer(), EPS)
-    assert max(ratios) < 2 * min(ratios), ratios  # bounded, roughly constant
-    assert ratios[-1] == pytest.approx(ratios[-2], rel=1e-2), ratios  # converges to ||J·d||
-
-
-def test_discrete_mot_is_not_lipschitz_at_a_tie():
-    """Contrast: with argmax routing the same perturbations jump, so ||Δout||/eps grows like 1/eps."""
-    ratios = change_ratios(*tied_mot_layer("discrete"), EPS)
-    assert ratios[-1] > 100 * ratios[0], ratios
-
-
 def test_top1_moe_output_jumps_under_arbitrarily_small_router_change():
-    """Top-1 MoE: at a router tie, nudging the router by ±δ flips the expert; the output jump does not vanish."""
+    """Top-1 MoE: at a router tie, nudging the router by ±δ flips the expert; the output jump
+    does not vanish as δ -> 0."""
     layer, x = make_layer(ffn="moe", n_experts=2, moe_top_k=1), randn(1, 1, 8)
     token = x[0, 0]
     with torch.no_grad():  # expert 1's logit equals expert 0's for this token
@@ -378,12 +437,13 @@ def test_top1_moe_output_jumps_under_arbitrarily_small_router_change():
         expert_gap = float((expert(layer, 0, token) - expert(layer, 1, token)).norm())
         assert expert_gap > 0.1
         for delta in (1e-3, 1e-6, 1e-9):
-            jump = perturbed(layer, x, {"router": nudge}, delta) - perturbed(layer, x, {"router": nudge}, -delta)
+            jump = (perturbed(layer, x, {"router": nudge}, delta)
+                    - perturbed(layer, x, {"router": nudge}, -delta))
             # each side sends the token to a different expert with probability 1/2 + O(delta)
             assert float(jump.norm()) == pytest.approx(expert_gap / 2, rel=10 * delta)
 
 
-# ----------------------------------------------------------------------------- gradients (§7)
+# ----------------------------------------------------------------------------- gradients
 
 
 def ffn_grads(layer, x, seed=1) -> dict:
@@ -395,11 +455,12 @@ def ffn_grads(layer, x, seed=1) -> dict:
 
 @pytest.mark.parametrize("seed", range(3))
 def test_every_mot_expert_gets_a_gradient(seed):
-    """MoT: on every batch each expert's w1[e], w2[e] and controller column e get a non-zero gradient."""
+    """MoT: on every batch each expert's w1[e], w2[e] and controller column e get a gradient."""
     layer = make_layer(seed, **GROUPED)
     grads = ffn_grads(layer, randn(*B6, seed=seed))
     for e in range(4):
-        assert nonzero(grads["w1"][e]) and nonzero(grads["w2"][e]) and nonzero(grads["controller"][:, e]), e
+        assert (nonzero(grads["w1"][e]) and nonzero(grads["w2"][e])
+                and nonzero(grads["controller"][:, e])), e
 
 
 @pytest.mark.parametrize("top_k", [1, 2])
@@ -407,7 +468,7 @@ def test_unused_moe_expert_gets_no_gradient(top_k):
     """MoE: an expert that no token picks gets exactly zero gradient; the used ones do not."""
     layer, x = make_layer(ffn="moe", n_experts=3, moe_top_k=top_k), randn(2, 4, 8)
     with torch.no_grad():
-        layer.router.mul_(0.1)[0, 2] = -10.0  # channel 0 is 1 for every token: expert 2 ranks last
+        layer.router.mul_(0.1)[0, 2] = -10.0  # channel 0 is 1 for every token: expert 2 last
         x[..., 0] = 1.0
     assert ((x @ layer.router).argmin(-1) == 2).all()
     grads = ffn_grads(layer, x)
@@ -415,11 +476,12 @@ def test_unused_moe_expert_gets_no_gradient(top_k):
     assert all(nonzero(grads["w1"][e]) and nonzero(grads["w2"][e]) for e in (0, 1))
 
 
-# ----------------------------------------------------------------------------- temperature (§2, §7, §8)
+# ----------------------------------------------------------------------------- temperature
 
 
 def test_small_temperature_approaches_discrete_routing():
-    """As τ -> 0 merge weights become one-hot (one token per expert per group) and out -> discrete mode."""
+    """As τ -> 0 merge weights become one-hot (one token per expert per group) and the output
+    approaches discrete mode."""
     x = randn(*B6, seed=3)
     discrete = make_layer(**GROUPED, mot_routing="discrete")
     expected = discrete(x)
@@ -438,31 +500,35 @@ def test_small_temperature_approaches_discrete_routing():
 
 
 def test_learnable_temperature_stays_positive_and_gets_gradient():
-    """learnable_temperature: τ = exp(θ) is a parameter starting at the config value, θ's gradient is the
-    true derivative (non-zero), and τ stays > 0 however far θ moves."""
-    layer, x = make_layer(**GROUPED, temperature=0.5, learnable_temperature=True), randn(*B6)
+    """learnable_temperature: τ = exp(θ) is a parameter starting at the config value, θ's
+    gradient is the true derivative (non-zero), and τ stays > 0 however far θ moves."""
+    layer = make_layer(**GROUPED, temperature=0.5, learnable_temperature=True)
+    x = randn(*B6)
     assert "log_temperature" in dict(layer.named_parameters())
     assert scalar(layer.temperature) == pytest.approx(0.5)
     grad = ffn_grads(layer, x)["log_temperature"]
     theta, h, r = scalar(layer.log_temperature), 1e-6, randn(*B6, seed=1)
     with torch.no_grad():
-        loss_at = [float((functional_call(layer, {"log_temperature": torch.tensor(theta + s, dtype=DT)}, (x,)) * r)
-                         .sum()) for s in (h, -h)]
-    assert float(grad) != 0 and float(grad) == pytest.approx((loss_at[0] - loss_at[1]) / (2 * h), rel=1e-5)
+        loss_at = [float((functional_call(layer, {"log_temperature": torch.tensor(theta + s,
+                                                                                 dtype=DT)},
+                                          (x,)) * r).sum()) for s in (h, -h)]
+    assert float(grad) != 0
+    assert float(grad) == pytest.approx((loss_at[0] - loss_at[1]) / (2 * h), rel=1e-5)
     for theta in (-30.0, -3.0, 3.0):
         with torch.no_grad():
             layer.log_temperature.fill_(theta)
         assert layer.temperature > 0 and torch.isfinite(layer(x)).all()
     fixed = make_layer(**GROUPED)
-    assert "log_temperature" not in dict(fixed.named_parameters()) and "log_temperature" in dict(fixed.named_buffers())
+    assert "log_temperature" not in dict(fixed.named_parameters())
+    assert "log_temperature" in dict(fixed.named_buffers())
 
 
-# ----------------------------------------------------------------------------- eval padding (§8)
+# ----------------------------------------------------------------------------- eval padding
 
 
 @pytest.mark.parametrize("B", [1, 4, 5])
 def test_eval_pads_a_partial_group_with_zero_rows(B):
-    """Eval: a batch that is not a multiple of G equals the zero-padded batch's output, sliced to B rows."""
+    """Eval: a batch that is not a multiple of G gives the zero-padded batch's output, sliced."""
     layer, x = make_layer(**GROUPED).eval(), randn(B, 3, 8)
     out = layer(x)
     assert out.shape == (B, 3, 8) and layer.merge_weights.shape == (B, 3, 4)
@@ -478,7 +544,7 @@ def test_train_mode_rejects_a_partial_group():
 
 
 def test_generate_single_sequence_with_mot():
-    """GPT.generate decodes one sequence with MoT (group_size 4): prefix kept, valid new tokens appended."""
+    """GPT.generate decodes one sequence with MoT (group_size 4): prefix kept, valid tokens."""
     model = make_gpt(ffn="mot", group_size=4).eval()
     idx = random_tokens(model, 1, 3)
     torch.manual_seed(0)
@@ -487,13 +553,14 @@ def test_generate_single_sequence_with_mot():
     assert ((out >= 0) & (out < model.config.vocab_size)).all()
 
 
-# ----------------------------------------------------------------------------- sparse MoE (§9)
+# ----------------------------------------------------------------------------- sparse MoE
 
 
 @pytest.mark.parametrize("top_k", [1, 2, 3])
 def test_moe_token_choice_matches_loop_reference(top_k):
-    """Dropless top-k: out(x) = Σ over its top-k experts of p_e(x) · expert_e(x), token by token."""
-    layer, x = make_layer(ffn="moe", n_experts=4, moe_top_k=top_k, expert_size=16), randn(2, 4, 8)
+    """Dropless top-k: out(x) = Σ over its top-k experts of p_e(x) · expert_e(x), per token."""
+    layer = make_layer(ffn="moe", n_experts=4, moe_top_k=top_k, expert_size=16)
+    x = randn(2, 4, 8)
     out, kept = loop_moe(layer, x)
     assert kept == 8 * top_k
     torch.testing.assert_close(layer(x), out)
@@ -501,9 +568,11 @@ def test_moe_token_choice_matches_loop_reference(top_k):
 
 @pytest.mark.parametrize("top_k, capacity_factor", [(1, 0.5), (2, 0.5), (2, 1.0), (1, 1.0)])
 def test_moe_capacity_drops_overflow_in_priority_order(top_k, capacity_factor):
-    """With capacity ceil(cf·N·k/E), assignments beyond an expert's capacity (1st choices in token order,
-    then 2nd choices) are dropped; a token with all its assignments dropped gets exactly zero output."""
-    layer = make_layer(ffn="moe", n_experts=4, moe_top_k=top_k, capacity_factor=capacity_factor, expert_size=16)
+    """With capacity ceil(cf·N·k/E), assignments beyond an expert's capacity (1st choices in
+    token order, then 2nd choices) are dropped; a token with all its assignments dropped gets
+    exactly zero output."""
+    layer = make_layer(ffn="moe", n_experts=4, moe_top_k=top_k, capacity_factor=capacity_factor,
+                       expert_size=16)
     x = randn(2, 4, 8, seed=5)
     capacity = math.ceil(capacity_factor * 8 * top_k / 4)
     expected, kept = loop_moe(layer, x, capacity)
@@ -515,10 +584,11 @@ def test_moe_capacity_drops_overflow_in_priority_order(top_k, capacity_factor):
 
 @pytest.mark.parametrize("top_k, logits, expected", [
     (1, (math.log(3), 0.0), 0.01 * 4 * (1.0 * 3 / 6)),  # p = (3,1,1,1)/6, f = (1,0,0,0)
-    (2, (math.log(3), math.log(2)), 0.01 * 4 * (0.5 * 3 / 7 + 0.5 * 2 / 7)),  # p = (3,2,1,1)/7, f = (½,½,0,0)
+    # p = (3,2,1,1)/7, f = (½,½,0,0)
+    (2, (math.log(3), math.log(2)), 0.01 * 4 * (0.5 * 3 / 7 + 0.5 * 2 / 7)),
 ])
 def test_moe_load_balancing_loss_on_known_routing(top_k, logits, expected):
-    """aux_loss = α·E·Σ_e f_e·P_e, computed by hand for a router that sends every token to the same experts."""
+    """aux_loss = α·E·Σ_e f_e·P_e, by hand for a router that sends every token the same way."""
     layer, x = make_layer(ffn="moe", n_experts=4, moe_top_k=top_k), randn(2, 4, 8)
     with torch.no_grad():
         layer.router.zero_()
@@ -529,34 +599,112 @@ def test_moe_load_balancing_loss_on_known_routing(top_k, logits, expected):
 
 
 @pytest.mark.parametrize("top_k, capacity_factor", [(1, None), (1, 0.5), (2, None), (1, 3.0)])
-def test_expert_choice_each_expert_processes_exactly_capacity_tokens(top_k, capacity_factor, monkeypatch):
-    """Expert choice: each expert gets a buffer of exactly ceil(cf·N·k/E) tokens, its top-p_e tokens."""
+def test_expert_choice_each_expert_processes_exactly_capacity_tokens(top_k, capacity_factor,
+                                                                      monkeypatch):
+    """Expert choice: each expert gets a buffer of exactly ceil(cf·N·k/E) tokens, its top-p_e
+    tokens."""
     layer = make_layer(ffn="moe", n_experts=4, moe_top_k=top_k, moe_routing="expert_choice",
                        capacity_factor=capacity_factor, expert_size=16)
     x = randn(2, 4, 8)
     capacity = math.ceil((capacity_factor or 1.0) * 8 * top_k / 4)
     seen, experts = [], mot.experts
-    monkeypatch.setattr(mot, "experts", lambda tokens, w1, w2: seen.append(tuple(tokens.shape)) or experts(tokens, w1, w2))
+    monkeypatch.setattr(mot, "experts", lambda tokens, w1, w2:
+                        seen.append(tuple(tokens.shape)) or experts(tokens, w1, w2))
     out = layer(x)
     assert seen == [(4, capacity, 8)]
     torch.testing.assert_close(out, loop_expert_choice(layer, x, capacity))
 
 
 def test_gpt_aux_loss_is_sum_of_layers_and_loss_is_cross_entropy_only():
-    """GPT.aux_loss is the sum of the MoE layers' aux losses; the returned loss is the LM cross entropy alone."""
+    """GPT.aux_loss is the sum of the MoE layers' aux losses; the returned loss is the LM cross
+    entropy alone."""
     model = make_gpt(ffn="moe", moe_top_k=2)
     idx, targets = random_tokens(model, 2, 6), random_tokens(model, 2, 6, seed=1)
     logits, loss = model(idx, targets)
     layers = model.ffns(MixtureOfExperts)
     assert len(layers) == 2 and all(scalar(m.aux_loss) > 0 for m in layers)
     torch.testing.assert_close(model.aux_loss, sum(m.aux_loss for m in layers))
-    torch.testing.assert_close(loss, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1)))
+    torch.testing.assert_close(loss, F.cross_entropy(logits.view(-1, logits.size(-1)),
+                                                     targets.view(-1)))
     dense = make_gpt(ffn="dense")
     dense(idx, targets)
     assert scalar(dense.aux_loss) == 0.0
 
 
-# ----------------------------------------------------------------------------- FLOPs and layout (§6)
+# ----------------------------------------------------------------------------- layers and registry
+
+
+def test_layers_stand_alone_from_plain_arguments():
+    """Each FFN is built from plain arguments, with no GPTConfig, and works at once."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 5, 64)
+    for layer in (MLP(n_embd=64), MixtureOfTokens(n_embd=64, n_experts=8, group_size=4),
+                  MixtureOfTokensEmitSoftmax(n_embd=64, n_experts=8, group_size=4),
+                  MixtureOfExperts(n_embd=64, n_experts=8, top_k=2)):
+        out = layer(x)
+        assert out.shape == x.shape and torch.isfinite(out).all() and out.abs().max() > 0
+
+
+def test_layers_initialise_themselves_as_gpt2():
+    """reset_parameters draws N(0, 0.02), and N(0, residual_init_std) for the projection back into
+    the residual stream (w2, c_proj); in a GPT that is 0.02/sqrt(2·n_layer)."""
+    torch.manual_seed(0)
+    layers = [MixtureOfTokens(256, 32, 8, residual_init_std=0.005),
+              MixtureOfExperts(256, 32, 2, residual_init_std=0.005)]
+    for layer in layers:
+        for name, p in layer.named_parameters():
+            expected = 0.005 if name == "w2" else 0.02
+            assert float(p.std()) == pytest.approx(expected, rel=0.02), name
+            assert abs(float(p.mean())) < expected / 50, name
+    mlp = MLP(256, residual_init_std=0.005)
+    assert float(mlp.c_fc.weight.std()) == pytest.approx(0.02, rel=0.02)
+    assert float(mlp.c_proj.weight.std()) == pytest.approx(0.005, rel=0.02)
+    model = GPT(tiny_config(n_layer=8, n_embd=256, n_experts=32, group_size=8))
+    assert float(model.transformer.h[0].ffn.w2.std()) == pytest.approx(0.005, rel=0.02)
+
+
+def test_dense_gpt_init_is_nanogpts_draw_for_draw():
+    """A dense GPT built after torch.manual_seed(0) holds exactly the weights nanoGPT's init
+    (normal 0.02 everywhere, then the residual projections redrawn) gives for that seed."""
+    torch.manual_seed(0)
+    params = dict(GPT(tiny_config(ffn="dense", n_layer=2, n_head=2, n_embd=16)).named_parameters())
+    expected = {  # the first three values of each tensor, from the original implementation
+        "transformer.wte.weight": [0.02040267176926136, -0.017309878021478653,
+                                   0.004936789628118277],
+        "transformer.wpe.weight": [0.007470014039427042, 0.052300259470939636,
+                                   0.003060605376958847],
+        "transformer.h.0.attn.c_attn.weight": [-0.024009333923459053, 0.02891431748867035,
+                                               0.0023431754671037197],
+        "transformer.h.1.ffn.c_fc.weight": [-0.015025373548269272, -0.0126036973670125,
+                                            0.012885022908449173],
+        "transformer.h.1.ffn.c_proj.weight": [-0.00787345040589571, 0.006905537098646164,
+                                              0.001200989936478436],
+    }
+    for name, values in expected.items():
+        assert params[name].flatten()[:3].tolist() == values, name
+
+
+@pytest.mark.parametrize("kind", FFNS)
+def test_every_registered_kind_builds_a_gpt_that_trains(kind):
+    """Every key of FFNS is a valid GPTConfig.ffn: the GPT builds, counts its FLOPs, and one
+    AdamW step lowers its loss on a fixed batch."""
+    torch.manual_seed(0)
+    model = GPT(tiny_config(ffn=kind, n_layer=2, n_embd=16, n_head=2))
+    assert model.flops_per_token() > 0
+    assert all(isinstance(b.ffn, FFNS[kind]) for b in model.transformer.h)
+    optimizer = model.configure_optimizers(0.0, 1e-2, (0.9, 0.99), "cpu")
+    idx = torch.randint(0, 32, (4, 8), generator=generator(0))
+    losses = []
+    for _ in range(3):
+        _, loss = model(idx, idx)
+        (loss + model.aux_loss).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+# ----------------------------------------------------------------------------- FLOPs and sizes
 
 SHAPE = dict(n_embd=16, n_head=2, n_experts=4)
 C, E = SHAPE["n_embd"], SHAPE["n_experts"]
@@ -568,22 +716,26 @@ def flop_pair(ffn: str, **overrides):
     return dense, other, overrides["n_layer"] - overrides["n_dense_layers"]
 
 
+@pytest.mark.parametrize("ffn", MIXING_KINDS)
 @pytest.mark.parametrize("n_layer, n_dense_layers, group_size", [(2, 0, 2), (2, 1, 2), (3, 1, 4)])
-def test_mot_flops_exceed_dense_by_the_mixing_term_only(n_layer, n_dense_layers, group_size):
-    """FLOP-matched MoT (H = 4C·G/E) costs dense + 6·n_mot·(C·E controller + 2·C·E merge/emit) per token."""
-    dense, mot, n_mot = flop_pair("mot", n_layer=n_layer, n_dense_layers=n_dense_layers, group_size=group_size)
+def test_mot_flops_exceed_dense_by_the_mixing_term_only(ffn, n_layer, n_dense_layers, group_size):
+    """FLOP-matched MoT (H = 4C·G/E) costs dense + 6·n_mot·(C·E controller + 2·C·E merge/emit)
+    per token, with G× the dense FFN's parameters."""
+    dense, mot, n_mot = flop_pair(ffn, n_layer=n_layer, n_dense_layers=n_dense_layers,
+                                  group_size=group_size)
     assert mot.flops_per_token() - dense.flops_per_token() == 6 * n_mot * (C * E + 2 * C * E)
     assert mot.get_num_active_params() - dense.get_num_active_params() == n_mot * C * E
     assert sum(b.ffn.mixing_macs_per_token() for b in mot.transformer.h) == n_mot * 2 * C * E
     layer = mot.ffns(MixtureOfTokens)[0]
     assert layer.w1.shape == (E, C, 4 * C * group_size // E)
-    assert layer.w1.numel() + layer.w2.numel() == group_size * 8 * C * C  # G× the dense FFN's parameters
+    assert layer.w1.numel() + layer.w2.numel() == group_size * 8 * C * C
 
 
 @pytest.mark.parametrize("n_layer, n_dense_layers, top_k", [(2, 0, 1), (2, 1, 2), (3, 1, 4)])
 def test_moe_flops_exceed_dense_by_the_router_only(n_layer, n_dense_layers, top_k):
     """FLOP-matched MoE (H = 4C/k) costs dense + 6·n_moe·C·E (the router) per token."""
-    dense, moe, n_moe = flop_pair("moe", n_layer=n_layer, n_dense_layers=n_dense_layers, moe_top_k=top_k)
+    dense, moe, n_moe = flop_pair("moe", n_layer=n_layer, n_dense_layers=n_dense_layers,
+                                  moe_top_k=top_k)
     assert moe.flops_per_token() - dense.flops_per_token() == 6 * n_moe * C * E
     assert moe.ffns(MixtureOfExperts)[0].w1.shape == (E, C, 4 * C // top_k)
 
@@ -597,7 +749,16 @@ def test_first_n_dense_layers_have_an_mlp(ffn, kind, n_dense_layers):
     assert types == [MLP] * n_dense_layers + [kind] * (3 - n_dense_layers)
 
 
-# ----------------------------------------------------------------------------- config validation
+def test_each_layer_computes_its_flop_matched_expert_size():
+    """expert_size=None: 4C·G/E for MoT, 4C/k for MoE; an explicit size is kept; a width that is
+    not an integer is a ValueError naming expert_size."""
+    assert MixtureOfTokens(8, n_experts=4, group_size=2).w1.shape == (4, 8, 16)
+    assert MixtureOfExperts(8, n_experts=4, top_k=2).w1.shape == (4, 8, 16)
+    assert MixtureOfTokens(10, n_experts=3, group_size=1, expert_size=7).w1.shape == (3, 10, 7)
+    for overrides in (dict(ffn="mot", group_size=1, n_experts=3),
+                      dict(ffn="moe", moe_top_k=3, n_experts=4)):
+        with pytest.raises(ValueError, match="set expert_size"):
+            GPT(tiny_config(n_embd=10, n_head=2, **overrides))
 
 
 @pytest.mark.parametrize("overrides, field", [
@@ -613,8 +774,6 @@ def test_first_n_dense_layers_have_an_mlp(ffn, kind, n_dense_layers):
     (dict(moe_top_k=0), "moe_top_k"),
     (dict(ffn="moe", moe_top_k=5, n_experts=4), "moe_top_k"),
     (dict(expert_size=0), "expert_size"),
-    (dict(ffn="mot", n_embd=10, n_head=2, group_size=1, n_experts=3), "expert_size"),
-    (dict(ffn="moe", n_embd=10, n_head=2, moe_top_k=3, n_experts=4), "expert_size"),
     (dict(temperature=0.0), "temperature"),
     (dict(capacity_factor=0.0), "capacity_factor"),
     (dict(mot_routing="argmax"), "mot_routing"),
@@ -627,10 +786,3 @@ def test_invalid_config_raises_value_error_naming_the_field(overrides, field):
     """Each invalid GPTConfig raises ValueError whose message names the offending field."""
     with pytest.raises(ValueError, match=rf"GPTConfig\.{field}="):
         tiny_config(**overrides)
-
-
-def test_flop_matched_default_expert_sizes():
-    """Valid configs derive expert_size = 4C·G/E (MoT) and 4C/k (MoE); an explicit one is kept."""
-    assert tiny_config(ffn="mot", n_embd=8, group_size=2, n_experts=4).expert_size == 16
-    assert tiny_config(ffn="moe", n_embd=8, moe_top_k=2, n_experts=4).expert_size == 16
-    assert tiny_config(ffn="mot", n_embd=10, group_size=1, n_experts=3, expert_size=7).expert_size == 7

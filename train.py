@@ -2,8 +2,8 @@
 Train a GPT whose FFN is dense, Mixture of Tokens or MoE. nanoGPT's conventions:
 
     python train.py                                              # defaults below
-    python train.py config/train_shakespeare_char_cpu.py --ffn=mot --max_iters=60
-    torchrun --standalone --nproc_per_node=8 train.py config/train_openwebtext_mot.py
+    python train.py config/train_shakespeare_char_cpu.py config/train_shakespeare_char_cpu_mot.py
+    torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py config/train_gpt2_mot.py
 
 Settings: the defaults in DEFAULTS, then each config/*.py file given (plain assignments), then
 --key=value overrides, in order. Every eval appends a JSON line to out_dir/log.jsonl and saves
@@ -14,7 +14,6 @@ import ast
 import json
 import math
 import os
-import random
 import sys
 import time
 from contextlib import nullcontext
@@ -25,17 +24,20 @@ import torch
 from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from mot import GPT, GPTConfig, MixtureOfTokens
+from mot import GPT, GPTConfig, MixtureOfExperts, MixtureOfTokens
 
 CUDA = torch.cuda.is_available()
 DEFAULTS = dict(
     # I/O
     out_dir="out", eval_interval=250, log_interval=10, eval_iters=200, eval_only=False,
     always_save_checkpoint=True,
-    init_from="scratch",  # "scratch" | "resume" | the out_dir of a MoT run, converted by --transition
-    transition=None,  # with init_from=<dir>: "discrete" | "token_choice" (GPT.to_sparse), fresh optimizer
+    # "scratch" | "resume" | the out_dir of a MoT run, converted by --transition
+    init_from="scratch",
+    # with init_from=<dir>: "discrete" | "token_choice" (GPT.to_sparse), with a fresh optimizer
+    transition=None,
     # data: data_root/dataset/{train,val}.bin and meta.json
-    data_root=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"), dataset="shakespeare_char", gradient_accumulation_steps=1, batch_size=64,
+    data_root=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"),
+    dataset="shakespeare_char", gradient_accumulation_steps=1, batch_size=64,
     # model: every GPTConfig field (block_size, n_layer, ..., ffn, n_experts, group_size, ...) but
     # vocab_size, which comes from the dataset's meta.json
     **{f.name: f.default for f in fields(GPTConfig) if f.name != "vocab_size"},
@@ -47,7 +49,8 @@ DEFAULTS = dict(
     temperature_final=None,
     # system
     device="cuda" if CUDA else "cpu",
-    dtype="bfloat16" if CUDA and torch.cuda.is_bf16_supported() else "float16" if CUDA else "float32",
+    dtype=("bfloat16" if CUDA and torch.cuda.is_bf16_supported() else "float16" if CUDA
+           else "float32"),
     compile=False, seed=1337,
 )
 
@@ -70,7 +73,8 @@ def check_type(key: str, value, default):
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if type(value) is not type(default):
-        fail(f"--{key}={value!r} has type {type(value).__name__}, expected {type(default).__name__}")
+        fail(f"--{key}={value!r} has type {type(value).__name__}, "
+             f"expected {type(default).__name__}")
     return value
 
 
@@ -91,42 +95,20 @@ def configure(argv: list) -> dict:
             updates = {key: text}
         for key, value in updates.items():
             if key not in config:
-                fail(f"unknown setting {key!r} (from {arg}); see DEFAULTS in train.py for the valid keys")
+                fail(f"unknown setting {key!r} (from {arg}); see DEFAULTS in train.py for the "
+                     f"valid keys")
             default = DEFAULTS[key]
             config[key] = (parse_value(key, value, default) if arg.startswith("--")
                            else check_type(key, value, default))
     return config
 
 
-def load_checkpoint(path: str, device: str) -> dict:
-    """The checkpoint at `path`, or a one-line error saying what is wrong with it."""
-    if not os.path.exists(path):
-        fail(f"no checkpoint at {path}: train one first (init_from='scratch')")
+def load_checkpoint(path: str, device: str):
+    """GPT.from_checkpoint, with its error as one line."""
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # a damaged file can fail anywhere inside the unpickler
-        fail(f"cannot read checkpoint {path} (truncated or corrupted?): {str(e).split('. ')[0]}")
-    missing = {"model", "model_args", "iter_num", "meta"} - set(checkpoint if isinstance(checkpoint, dict) else {})
-    if missing:
-        fail(f"{path} is not a checkpoint written by this train.py (missing {sorted(missing)})")
-    return checkpoint
-
-
-def model_from_checkpoint(checkpoint: dict, path: str) -> GPT:
-    """The GPT saved in a checkpoint loaded by load_checkpoint, or a one-line error."""
-    try:
-        model = GPT(GPTConfig(**checkpoint["model_args"]))
-        model.load_state_dict(checkpoint["model"])
-    except (TypeError, ValueError, RuntimeError) as e:
-        fail(f"{path} does not hold a model of this mot.py: {str(e).splitlines()[0]}")
-    return model
-
-
-def load_model(out_dir: str, device: str):
-    """The checkpoint out_dir/ckpt.pt and its GPT on `device` in eval mode, or a one-line error."""
-    path = os.path.join(out_dir, "ckpt.pt")
-    checkpoint = load_checkpoint(path, device)
-    return checkpoint, model_from_checkpoint(checkpoint, path).to(device).eval()
+        return GPT.from_checkpoint(path, device)
+    except ValueError as e:
+        fail(str(e))
 
 
 def save_checkpoint(checkpoint: dict, path: str) -> None:
@@ -136,26 +118,21 @@ def save_checkpoint(checkpoint: dict, path: str) -> None:
 
 
 def rng_state(data_rng: torch.Generator) -> dict:
-    np_state = np.random.get_state(legacy=False)
-    return dict(torch=torch.get_rng_state(), data=data_rng.get_state(), python=random.getstate(),
-                numpy=dict(key=np_state["state"]["key"].tolist(), pos=np_state["state"]["pos"],
-                           has_gauss=np_state["has_gauss"], gauss=np_state["gauss"]),
+    """The random streams training draws from: dropout (torch, cuda) and the batches (data)."""
+    return dict(torch=torch.get_rng_state(), data=data_rng.get_state(),
                 cuda=torch.cuda.get_rng_state_all() if CUDA else [])
 
 
 def set_rng_state(state: dict, data_rng: torch.Generator) -> None:
     torch.set_rng_state(state["torch"].cpu())
     data_rng.set_state(state["data"].cpu())
-    random.setstate(state["python"])
-    numpy = state["numpy"]
-    np.random.set_state(dict(bit_generator="MT19937", has_gauss=numpy["has_gauss"], gauss=numpy["gauss"],
-                             state=dict(key=np.array(numpy["key"], dtype=np.uint32), pos=numpy["pos"])))
     if CUDA and state["cuda"]:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def load_data(data_root: str, dataset: str, block_size: int):
-    """The train and val token arrays (memory-mapped) and meta.json written by data/<dataset>/prepare.py."""
+    """The train and val token arrays (memory-mapped) and meta.json written by
+    data/<dataset>/prepare.py."""
     data_dir = os.path.join(data_root, dataset)
     prepare = f"python data/{dataset}/prepare.py"
     splits = {}
@@ -165,7 +142,8 @@ def load_data(data_root: str, dataset: str, block_size: int):
             fail(f"{path} not found: run `{prepare}` first")
         splits[split] = np.memmap(path, dtype=np.uint16, mode="r")
         if len(splits[split]) <= block_size:
-            fail(f"{path} holds {len(splits[split])} tokens, fewer than block_size+1={block_size + 1}")
+            fail(f"{path} holds {len(splits[split])} tokens, fewer than "
+                 f"block_size+1={block_size + 1}")
     meta_path = os.path.join(data_dir, "meta.json")
     if not os.path.exists(meta_path):
         fail(f"{meta_path} not found: run `{prepare}` first")
@@ -173,18 +151,22 @@ def load_data(data_root: str, dataset: str, block_size: int):
         return splits, json.load(f)
 
 
-def batch(data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator, device: str):
-    """batch_size random windows of data: inputs x and next-token targets y, each (batch_size, block_size)."""
+def batch(data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator,
+          device: str):
+    """batch_size random windows of data: inputs x and next-token targets y, each
+    (batch_size, block_size)."""
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
     x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
     y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
     if "cuda" in device:
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        return (x.pin_memory().to(device, non_blocking=True),
+                y.pin_memory().to(device, non_blocking=True))
     return x.to(device), y.to(device)
 
 
 def eval_batches(data: np.ndarray, c: dict):
-    """The eval_iters batches of every evaluation: the same windows each time, apart from training's."""
+    """The eval_iters batches of every evaluation: the same windows each time, apart from
+    training's."""
     generator = torch.Generator().manual_seed(c["seed"] + 1)
     for _ in range(c["eval_iters"]):
         yield batch(data, c["batch_size"], c["block_size"], generator, c["device"])
@@ -198,7 +180,8 @@ def get_lr(it: int, c: dict) -> float:
     if it > c["lr_decay_iters"]:
         return c["min_lr"]
     ratio = (it - c["warmup_iters"]) / (c["lr_decay_iters"] - c["warmup_iters"])
-    return c["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (c["learning_rate"] - c["min_lr"])
+    coefficient = 0.5 * (1.0 + math.cos(math.pi * ratio))  # from 1 down to 0
+    return c["min_lr"] + coefficient * (c["learning_rate"] - c["min_lr"])
 
 
 def get_temperature(it: int, c: dict) -> float:
@@ -206,78 +189,97 @@ def get_temperature(it: int, c: dict) -> float:
     return c["temperature"] * (c["temperature_final"] / c["temperature"]) ** progress
 
 
+def setup_distributed(c: dict):
+    """(rank, world_size) of this process; under torchrun also joins the process group and splits
+    the gradient-accumulation steps between the processes."""
+    if int(os.environ.get("RANK", -1)) == -1:  # not launched by torchrun
+        return 0, 1
+    init_process_group(backend="nccl")
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    c["device"] = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    torch.cuda.set_device(c["device"])
+    if c["gradient_accumulation_steps"] % world_size:
+        fail(f"gradient_accumulation_steps={c['gradient_accumulation_steps']} must be a multiple "
+             f"of the number of processes ({world_size})")
+    c["gradient_accumulation_steps"] //= world_size
+    return rank, world_size
+
+
+def build_model(c: dict, meta: dict, ckpt_path: str):
+    """The GPT to train, and the checkpoint it resumes from (None for a new run)."""
+    if c["init_from"] == "resume":  # the architecture comes from the checkpoint
+        model, checkpoint = load_checkpoint(ckpt_path, c["device"])
+        return model.train(), checkpoint
+    if c["init_from"] == "scratch":
+        model_args = {f.name: c[f.name] for f in fields(GPTConfig) if f.name != "vocab_size"}
+        try:
+            return GPT(GPTConfig(**model_args, vocab_size=meta["vocab_size"])), None
+        except ValueError as e:
+            fail(str(e))
+    # transition tuning: a new run from a MoT checkpoint converted to run without mixing
+    source = os.path.join(c["init_from"], "ckpt.pt")
+    if c["transition"] is None:
+        fail(f"--init_from={c['init_from']!r} starts from that run's checkpoint: add "
+             f"--transition=discrete or --transition=token_choice (or use 'scratch' or 'resume')")
+    try:
+        return load_checkpoint(source, c["device"])[0].to_sparse(c["transition"]).train(), None
+    except ValueError as e:
+        fail(f"{source}: {e}")
+
+
 def main(argv: list) -> None:
     c = configure(argv)
-    ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
-    if ddp:
-        init_process_group(backend="nccl")
-        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        c["device"] = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-        torch.cuda.set_device(c["device"])
-        if c["gradient_accumulation_steps"] % world_size:
-            fail(f"gradient_accumulation_steps={c['gradient_accumulation_steps']} must be a multiple "
-                 f"of the number of processes ({world_size})")
-        c["gradient_accumulation_steps"] //= world_size
-    else:
-        rank, world_size = 0, 1
-    master = rank == 0
+    rank, world_size = setup_distributed(c)
+    ddp, master = world_size > 1, rank == 0
     device_type = "cuda" if "cuda" in c["device"] else "cpu"
-    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(c["dtype"])
-    if ptdtype is None:
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if c["dtype"] not in dtypes:
         fail(f"--dtype={c['dtype']!r}: choose float32, bfloat16 or float16")
-    autocast = nullcontext() if ptdtype == torch.float32 else torch.amp.autocast(device_type, dtype=ptdtype)
+    ptdtype = dtypes[c["dtype"]]
+    autocast = (nullcontext() if ptdtype == torch.float32
+                else torch.amp.autocast(device_type, dtype=ptdtype))
     torch.manual_seed(c["seed"] + rank)
     data_rng = torch.Generator().manual_seed(c["seed"] + rank)  # training batches only
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
+    # data, model, optimizer
     splits, meta = load_data(c["data_root"], c["dataset"], c["block_size"])
-
-    def get_batch(split: str, generator: torch.Generator):
-        return batch(splits[split], c["batch_size"], c["block_size"], generator, c["device"])
-
-    # model
     os.makedirs(c["out_dir"], exist_ok=True)
     ckpt_path = os.path.join(c["out_dir"], "ckpt.pt")
-    iter_num, best_val_loss, elapsed_s, checkpoint = 0, float("inf"), 0.0, None
-    if c["init_from"] == "resume":  # the architecture comes from the checkpoint
-        checkpoint = load_checkpoint(ckpt_path, c["device"])
-        model = model_from_checkpoint(checkpoint, ckpt_path)
-        iter_num, best_val_loss, elapsed_s = checkpoint["iter_num"], checkpoint["best_val_loss"], checkpoint["elapsed_s"]
-    elif c["init_from"] == "scratch":
-        model_args = {f.name: c[f.name] for f in fields(GPTConfig) if f.name != "vocab_size"}
-        try:
-            model = GPT(GPTConfig(**model_args, vocab_size=meta["vocab_size"]))
-        except ValueError as e:
-            fail(str(e))
-    else:  # transition tuning: a new run from a MoT checkpoint converted to run without mixing
-        source = os.path.join(c["init_from"], "ckpt.pt")
-        if c["transition"] is None:
-            fail(f"--init_from={c['init_from']!r} starts from that run's checkpoint: add "
-                 f"--transition=discrete or --transition=token_choice (or use 'scratch' or 'resume')")
-        try:
-            model = model_from_checkpoint(load_checkpoint(source, c["device"]), source).to_sparse(c["transition"])
-        except ValueError as e:
-            fail(f"{source}: {e}")
+    log_path = os.path.join(c["out_dir"], "log.jsonl")
+    model, checkpoint = build_model(c, meta, ckpt_path)
     config = model.config
-    if config.ffn == "mot" and c["batch_size"] % config.group_size:
-        fail(f"batch_size={c['batch_size']} (the micro-batch of one step) must be a multiple of "
-             f"group_size={config.group_size}: MoT mixes groups of group_size examples; change either")
+    mot_layers = model.ffns(MixtureOfTokens)
+    moe_layers = model.ffns(MixtureOfExperts)
+    for layer in mot_layers:
+        if c["batch_size"] % layer.group_size:
+            fail(f"batch_size={c['batch_size']} (the micro-batch of one step) must be a multiple "
+                 f"of group_size={layer.group_size}: MoT mixes groups of group_size examples; "
+                 f"change either")
+    if c["temperature_final"] is not None and (not mot_layers or config.learnable_temperature):
+        fail("temperature_final anneals a fixed MoT temperature: use it with a MoT model and "
+             "learnable_temperature=False")
     model.to(c["device"])
     scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))
-    optimizer = model.configure_optimizers(c["weight_decay"], c["learning_rate"], (c["beta1"], c["beta2"]), device_type)
+    optimizer = model.configure_optimizers(c["weight_decay"], c["learning_rate"],
+                                           (c["beta1"], c["beta2"]), device_type)
+    iter_num, best_val_loss, elapsed_s = 0, float("inf"), 0.0
     if checkpoint:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint["scaler"])
         set_rng_state(checkpoint["rng"], data_rng)
+        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+        elapsed_s = checkpoint["elapsed_s"]
+    elif master:
+        open(log_path, "w").close()  # a new run starts a new log
     checkpoint = None  # free memory
     raw_model = model
     if c["compile"]:
         model = torch.compile(model)
     if ddp:
         model = DDP(model, device_ids=[torch.device(c["device"]).index])
-    mot_layers = raw_model.ffns(MixtureOfTokens)
     if master:
         print(f"{config.ffn} GPT: {raw_model.get_num_params() / 1e6:.2f}M parameters, "
               f"{raw_model.get_num_active_params() / 1e6:.2f}M active per token, "
@@ -286,11 +288,13 @@ def main(argv: list) -> None:
     @torch.no_grad()
     def evaluate() -> dict:
         """Mean LM loss (MoE aux loss excluded) over eval_iters batches, the same batches every
-        time; also MoT's merge-weight entropy (normalised to [0, 1]) per layer on the val batches."""
+        time; also MoT's merge-weight entropy (normalised to [0, 1]) per layer on the val
+        batches."""
         model.eval()
         result = {}
         for split in ("train", "val"):
-            losses, entropies = torch.zeros(c["eval_iters"]), torch.zeros(c["eval_iters"], len(mot_layers))
+            losses = torch.zeros(c["eval_iters"])
+            entropies = torch.zeros(c["eval_iters"], len(mot_layers))
             for k, (X, Y) in enumerate(eval_batches(splits[split], c)):
                 with autocast:
                     _, loss = model(X, Y)
@@ -302,12 +306,16 @@ def main(argv: list) -> None:
         model.train()
         return result
 
-    tokens_per_iter = c["gradient_accumulation_steps"] * world_size * c["batch_size"] * c["block_size"]
-    log_path = os.path.join(c["out_dir"], "log.jsonl")
-    if master and c["init_from"] != "resume":
-        open(log_path, "w").close()  # a new run starts a new log
-    if c["temperature_final"] is not None and (not mot_layers or config.learnable_temperature):
-        fail("temperature_final anneals a fixed MoT temperature: use it with ffn='mot' and learnable_temperature=False")
+    def save() -> None:
+        save_checkpoint(dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
+                             scaler=scaler.state_dict(), model_args=asdict(config),
+                             iter_num=iter_num, best_val_loss=best_val_loss, elapsed_s=elapsed_s,
+                             config=c, meta=meta, rng=rng_state(data_rng)), ckpt_path)
+
+    # the training loop: evaluate, log and checkpoint every eval_interval and at the end (not
+    # again at the iteration a resumed run starts from), then one optimizer step
+    tokens_per_iter = (c["gradient_accumulation_steps"] * world_size * c["batch_size"]
+                       * c["block_size"])
     resumed_at = iter_num if c["init_from"] == "resume" else None
     tokens_since_eval, time_since_eval, running_mfu = 0, 0.0, -1.0
     while True:
@@ -317,34 +325,32 @@ def main(argv: list) -> None:
         if c["temperature_final"] is not None:
             for layer in mot_layers:
                 layer.log_temperature.fill_(math.log(get_temperature(iter_num, c)))
-        # evaluate, log and checkpoint every eval_interval and at the end (not again at the
-        # iteration a resumed run starts from)
-        if ((iter_num % c["eval_interval"] == 0 or iter_num == c["max_iters"]) and master
-                and (iter_num != resumed_at or c["eval_only"])):
+        evaluation_due = iter_num % c["eval_interval"] == 0 or iter_num == c["max_iters"]
+        if evaluation_due and master and (iter_num != resumed_at or c["eval_only"]):
             losses = evaluate()
+            print(f"step {iter_num}: train loss {losses['train_loss']:.4f}, "
+                  f"val loss {losses['val_loss']:.4f}")
             record = dict(iter=iter_num, **losses, lr=lr, elapsed_s=elapsed_s,
-                          tokens_per_s=tokens_since_eval / time_since_eval if time_since_eval else None,
-                          aux_loss=raw_model.aux_loss.item() if config.ffn == "moe" else None,
+                          tokens_per_s=tokens_since_eval / time_since_eval if time_since_eval
+                          else None,
+                          aux_loss=raw_model.aux_loss.item() if moe_layers else None,
                           temperature=[m.temperature.item() for m in mot_layers] or None)
-            print(f"step {iter_num}: train loss {losses['train_loss']:.4f}, val loss {losses['val_loss']:.4f}")
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             tokens_since_eval, time_since_eval = 0, 0.0
-            if (losses["val_loss"] < best_val_loss or c["always_save_checkpoint"]) and not c["eval_only"]:
-                best_val_loss = min(best_val_loss, losses["val_loss"])
-                if iter_num > 0:
-                    save_checkpoint(dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
-                                         scaler=scaler.state_dict(), model_args=asdict(config), iter_num=iter_num,
-                                         best_val_loss=best_val_loss, elapsed_s=elapsed_s, config=c, meta=meta,
-                                         rng=rng_state(data_rng)), ckpt_path)
+            improved = losses["val_loss"] < best_val_loss
+            best_val_loss = min(best_val_loss, losses["val_loss"])
+            if (improved or c["always_save_checkpoint"]) and not c["eval_only"] and iter_num > 0:
+                save()
         if c["eval_only"] or iter_num >= c["max_iters"]:
             break
 
         t0 = time.time()
         for micro_step in range(c["gradient_accumulation_steps"]):
             if ddp:  # synchronise gradients only on the last micro-step
-                model.require_backward_grad_sync = micro_step == c["gradient_accumulation_steps"] - 1
-            X, Y = get_batch("train", data_rng)
+                last = micro_step == c["gradient_accumulation_steps"] - 1
+                model.require_backward_grad_sync = last
+            X, Y = batch(splits["train"], c["batch_size"], c["block_size"], data_rng, c["device"])
             with autocast:
                 _, lm_loss = model(X, Y)
                 loss = (lm_loss + raw_model.aux_loss) / c["gradient_accumulation_steps"]

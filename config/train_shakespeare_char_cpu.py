@@ -1,5 +1,7 @@
 # A character-level GPT on TinyShakespeare that trains in minutes on a laptop CPU (2 cores).
-# python train.py config/train_shakespeare_char_cpu.py [--ffn=mot|moe]
+# Dense: python train.py config/train_shakespeare_char_cpu.py
+# MoT:   python train.py config/train_shakespeare_char_cpu.py config/train_shakespeare_char_cpu_mot.py
+# MoE:   python train.py config/train_shakespeare_char_cpu.py config/train_shakespeare_char_cpu_moe.py
 out_dir = "out-shakespeare-char-cpu"
 dataset = "shakespeare_char"
 device = "cpu"
@@ -20,10 +22,3 @@ lr_decay_iters = 2000
 min_lr = 1e-4
 beta2 = 0.99
 warmup_iters = 100
-# MoT / MoE settings, used with --ffn=mot or --ffn=moe; expert_size is FLOP-matched to dense.
-# MoT: 128 experts of width 4*128*32/128 = 128, one group of 32 per batch. At this small scale the
-# merge weights need a low temperature: with τ = 1 MoT trailed dense here (README, Results).
-n_experts = 128
-group_size = 32
-temperature = 0.1
-moe_top_k = 1

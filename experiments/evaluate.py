@@ -1,7 +1,7 @@
 """
-Val loss of trained checkpoints under inference modes (MOT_SPEC §8):
+Val loss of trained checkpoints under inference modes:
 
-    python evaluate.py out-mot out-mot-discrete out-mot-token-choice [--eval_iters=20]
+    python experiments/evaluate.py out-mot out-mot-discrete out-mot-token-choice [--eval_iters=20]
 
 For each run directory: "grouped" evaluates batches as in training (a MoT model mixes the batch's
 examples in groups of group_size), "one at a time" feeds each sequence alone (MoT pads it to a
@@ -10,10 +10,13 @@ reproduces the val_loss that train.py logged for the checkpoint.
 """
 
 import argparse
+import os
+import sys
 
 import torch
 
-from train import eval_batches, fail, load_data, load_model
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mot.py, train.py
+from train import eval_batches, fail, load_checkpoint, load_data  # noqa: E402
 
 
 @torch.no_grad()
@@ -27,31 +30,29 @@ def mean_loss(model, batches, one_at_a_time: bool) -> float:
     return sum(losses) / len(losses)
 
 
-def describe(config) -> str:
-    if config.ffn == "mot":
-        return f"MoT E={config.n_experts} G={config.group_size} {config.mot_routing}"
-    if config.ffn == "moe":
-        return f"MoE {config.moe_routing} top-{config.moe_top_k} E={config.n_experts}"
-    return "dense"
-
-
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dirs", nargs="+", help="run directories holding ckpt.pt")
-    parser.add_argument("--eval_iters", type=int, help="batches to evaluate (default: the run's eval_iters)")
+    parser.add_argument("--eval_iters", type=int,
+                        help="batches to evaluate (default: the run's eval_iters)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    print("| run | model | iter | val loss, grouped as trained | val loss, one sequence at a time |")
+    print("| run | model (last FFN) | iter | val loss, grouped as trained "
+          "| val loss, one sequence at a time |")
     print("|---|---|---|---|---|")
     for out_dir in args.out_dirs:
-        checkpoint, model = load_model(out_dir, args.device)
-        c = dict(checkpoint["config"], device=args.device, eval_iters=args.eval_iters or checkpoint["config"]["eval_iters"])
+        model, checkpoint = load_checkpoint(os.path.join(out_dir, "ckpt.pt"), args.device)
+        c = dict(checkpoint["config"], device=args.device,
+                 eval_iters=args.eval_iters or checkpoint["config"]["eval_iters"])
         if not c["eval_iters"] > 0:
             fail("--eval_iters must be positive")
         val = load_data(c["data_root"], c["dataset"], c["block_size"])[0]["val"]
         grouped = mean_loss(model, eval_batches(val, c), one_at_a_time=False)
         alone = mean_loss(model, eval_batches(val, c), one_at_a_time=True)
-        print(f"| {out_dir} | {describe(model.config)} | {checkpoint['iter_num']} | {grouped:.4f} | {alone:.4f} |")
+        ffn = model.transformer.h[-1].ffn
+        print(f"| {out_dir} | {type(ffn).__name__}({ffn.extra_repr()}) | {checkpoint['iter_num']} "
+              f"| {grouped:.4f} | {alone:.4f} |")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """
 Pictures of what a MoT controller does:
 
-    python visualize.py --out_dir=out-shakespeare-char-cpu [--layer=0] [--position=-1]
+    python experiments/visualize.py --out_dir=out-shakespeare-char-cpu [--layer=0] [--position=-1]
 
 1. out_dir/merge_weights.png: for one group of validation sequences, at one position, the merge
    weights of one MoT layer as a heatmap: rows are the group's G tokens (labelled with the text just
@@ -17,11 +17,14 @@ import argparse
 import json
 import os
 
+import sys
+
 import torch
 
-from mot import MixtureOfTokens
-from sample import load_tokenizer
-from train import fail, load_data, load_model
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mot.py, train.py
+from mot import MixtureOfTokens  # noqa: E402
+from sample import load_tokenizer  # noqa: E402
+from train import fail, load_checkpoint, load_data  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -39,10 +42,11 @@ def main(argv=None) -> None:
     except ImportError:
         fail("visualize.py needs matplotlib: pip install matplotlib")
 
-    checkpoint, model = load_model(args.out_dir, args.device)
+    model, checkpoint = load_checkpoint(os.path.join(args.out_dir, "ckpt.pt"), args.device)
     layers = model.ffns(MixtureOfTokens)
     if not layers:
-        fail(f"{args.out_dir}/ckpt.pt holds a {model.config.ffn} model: there are no merge weights to show")
+        fail(f"{args.out_dir}/ckpt.pt holds a {model.config.ffn} model: there are no merge "
+             f"weights to show")
     if not -len(layers) <= args.layer < len(layers):
         fail(f"--layer={args.layer}: the model has {len(layers)} MoT layers")
     layer, c = layers[args.layer], checkpoint["config"]

@@ -3,7 +3,7 @@ Val loss against step and against training wall-clock seconds for several runs o
 their out_dir/log.jsonl, into one PNG; and a table of how fast each run reaches the first run's
 final val loss.
 
-    python plot.py out-cpu-dense out-cpu-mot out-cpu-moe --out=results.png
+    python experiments/plot.py out-cpu-dense out-cpu-mot out-cpu-moe --out=results.png
 
 The first run is the baseline. A run "reaches" the baseline's final val loss at its first
 evaluation with a val loss at or below it; the speed-ups are the baseline's final step (or seconds)
