@@ -2,7 +2,7 @@
 Speed and memory of the dense, MoT and MoE feed-forward layers at matched FLOPs, and of one whole
 training step of a small model (the CPU recipe's size) with each.
 
-    python bench.py                                   # CPU, float32, the default grid (~2 minutes on 2 cores)
+    python bench.py  # CPU, float32, the default grid (~2 minutes on 2 cores)
     python bench.py --device=cuda --dtype=bfloat16 --compile
 
 Each variant: warm-up, then the median of --reps timed forward+backward passes. FLOPs count the
@@ -18,7 +18,7 @@ from contextlib import nullcontext
 
 import torch
 
-from mot import GPT, MLP, GPTConfig, MixtureOfExperts, MixtureOfTokens, experts
+from mot import FFNS, GPT, MLP, GPTConfig, MixtureOfExperts, MixtureOfTokens, experts
 
 
 def synchronize(device: str) -> None:
@@ -62,7 +62,8 @@ class ExpertsOnly(torch.nn.Module):
         super().__init__()
         self.mot = mot
         E, C, _ = mot.w1.shape
-        self.merged = torch.nn.Parameter(torch.randn(E, tokens // mot.group_size, C, device=mot.w1.device))
+        self.merged = torch.nn.Parameter(torch.randn(E, tokens // mot.group_size, C,
+                                                     device=mot.w1.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return experts(self.merged, self.mot.w1, self.mot.w2)
@@ -74,12 +75,12 @@ class ExpertsOnly(torch.nn.Module):
         return 0
 
 
-def ffn_configs(args, C: int, E: int, G: int):
-    """The FLOP-matched (name, GPTConfig) variants of one grid point: MoT, and MoE top-1 with the same E."""
-    common = dict(n_embd=C, n_head=1, n_layer=1, vocab_size=1, n_experts=E)
-    yield f"mot E={E} G={G}", GPTConfig(**common, ffn="mot", group_size=G)
-    if G == min(args.G):  # MoE does not depend on G
-        yield f"moe top-1 E={E}", GPTConfig(**common, ffn="moe", moe_top_k=1)
+def ffn_layers(args, C: int, E: int, G: int):
+    """The FLOP-matched (name, layer) variants of one grid point: MoT, and MoE top-1 with the
+    same E (once per E: MoE does not depend on G)."""
+    yield f"mot E={E} G={G}", MixtureOfTokens(C, n_experts=E, group_size=G)
+    if G == min(args.G):
+        yield f"moe top-1 E={E}", MixtureOfExperts(C, n_experts=E, top_k=1)
 
 
 def layer_row(args, name: str, layer: torch.nn.Module, x: torch.Tensor, autocast):
@@ -89,11 +90,12 @@ def layer_row(args, name: str, layer: torch.nn.Module, x: torch.Tensor, autocast
             out = layer(x)
         out.float().square().mean().backward()
 
-    seconds, memory = measure(torch.compile(step) if args.compile else step, args.device, args.warmup, args.reps)
+    seconds, memory = measure(torch.compile(step) if args.compile else step, args.device,
+                              args.warmup, args.reps)
     tokens = x.shape[0] * x.shape[1]
     flops = 6 * (layer.num_active_params() + layer.mixing_macs_per_token()) * tokens
-    return dict(name=name, ms=seconds * 1e3, tokens_per_s=tokens / seconds, gflops=flops / seconds / 1e9,
-                memory_mb=memory / 2**20)
+    return dict(name=name, ms=seconds * 1e3, tokens_per_s=tokens / seconds,
+                gflops=flops / seconds / 1e9, memory_mb=memory / 2**20)
 
 
 def print_table(args, title: str, rows: list, baseline: dict) -> None:
@@ -111,28 +113,28 @@ def main(args) -> None:
     autocast = (nullcontext() if dtype == torch.float32
                 else torch.autocast(args.device.split(":")[0], dtype=dtype))
     B, T = args.batch_size, args.seq_len
-    print(f"device {args.device}, dtype {args.dtype}, compile {args.compile}, {torch.get_num_threads()} threads, "
-          f"B={B} T={T}, median of {args.reps}")
+    print(f"device {args.device}, dtype {args.dtype}, compile {args.compile}, "
+          f"{torch.get_num_threads()} threads, B={B} T={T}, median of {args.reps}")
     for C in args.C:
         x = torch.randn(B, T, C, device=args.device, requires_grad=True)
-        dense = layer_row(args, "dense", MLP(GPTConfig(n_embd=C, n_head=1)).to(args.device), x, autocast)
+        dense = layer_row(args, "dense", MLP(C).to(args.device), x, autocast)
         rows = [dense]
         for E in args.E:
             for G in args.G:
-                for name, config in ffn_configs(args, C, E, G):
-                    layer = (MixtureOfTokens if config.ffn == "mot" else MixtureOfExperts)(config).to(args.device)
-                    for p in layer.parameters():
-                        torch.nn.init.normal_(p, std=0.02)
-                    rows.append(layer_row(args, name, layer, x, autocast))
-                    if config.ffn == "mot" and E == 32:
-                        rows.append(layer_row(args, "  its experts only", ExpertsOnly(layer, B * T), x, autocast))
-        print_table(args, f"FFN layer forward+backward, C={C} (FLOP-matched to dense 4C)", rows, dense)
+                for name, layer in ffn_layers(args, C, E, G):
+                    rows.append(layer_row(args, name, layer.to(args.device), x, autocast))
+                    if isinstance(layer, MixtureOfTokens) and E == 32:
+                        rows.append(layer_row(args, "  its experts only", ExpertsOnly(layer, B * T),
+                                              x, autocast))
+        print_table(args, f"FFN layer forward+backward, C={C} (FLOP-matched to dense 4C)",
+                    rows, dense)
 
     rows = []
-    for ffn in ("dense", "mot", "moe"):
+    for ffn in FFNS:
         model = GPT(GPTConfig(ffn=ffn, vocab_size=65, **args.model)).to(args.device)
         optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), args.device.split(":")[0])
-        idx = torch.randint(0, 65, (args.model_batch_size, args.model["block_size"]), device=args.device)
+        idx = torch.randint(0, 65, (args.model_batch_size, args.model["block_size"]),
+                            device=args.device)
 
         def train_step():
             with autocast:
@@ -144,12 +146,15 @@ def main(args) -> None:
         seconds, memory = measure(train_step, args.device, args.warmup, args.reps)
         tokens = idx.numel()
         rows.append(dict(name=ffn, ms=seconds * 1e3, tokens_per_s=tokens / seconds,
-                         gflops=model.flops_per_token(args.model["block_size"]) * tokens / seconds / 1e9,
+                         gflops=(model.flops_per_token(args.model["block_size"])
+                                 * tokens / seconds / 1e9),
                          memory_mb=memory / 2**20))
-    print_table(args, f"one training step, {args.model} batch {args.model_batch_size}", rows, rows[0])
+    print_table(args, f"one training step, {args.model} batch {args.model_batch_size}",
+                rows, rows[0])
 
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--device", default="cpu")
 parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
 parser.add_argument("--compile", action="store_true", help="torch.compile each timed step")
@@ -160,13 +165,16 @@ parser.add_argument("--E", type=int, nargs="+", default=[8, 32, 128])
 parser.add_argument("--G", type=int, nargs="+", default=[8, 32])
 parser.add_argument("--warmup", type=int, default=2)
 parser.add_argument("--reps", type=int, default=5)
-parser.add_argument("--model_batch_size", type=int, default=32, help="batch of the whole-model step")
+parser.add_argument("--model_batch_size", type=int, default=32,
+                    help="batch of the whole-model step")
 parser.add_argument("--tiny", action="store_true", help="tiny sizes, to check that the script runs")
 
 if __name__ == "__main__":
     args = parser.parse_args()
     args.model = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, n_experts=32, group_size=8)
     if args.tiny:
-        args.C, args.E, args.G, args.batch_size, args.seq_len, args.warmup, args.reps = [16], [4], [2], 4, 8, 1, 1
-        args.model, args.model_batch_size = dict(n_layer=1, n_head=2, n_embd=16, block_size=8, n_experts=4, group_size=2), 4
+        args.C, args.E, args.G = [16], [4], [2]
+        args.batch_size, args.seq_len, args.warmup, args.reps = 4, 8, 1, 1
+        args.model = dict(n_layer=1, n_head=2, n_embd=16, block_size=8, n_experts=4, group_size=2)
+        args.model_batch_size = 4
     main(args)

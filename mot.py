@@ -86,12 +86,21 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Optional[dict] = None) -> torch.Tensor:
+        """x (B, T, C). With a cache (a dict, empty at first) the keys and values of earlier
+        positions come from it and this call's are added: decoding feeds only the new tokens."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
                    for t in (q, k, v))  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+        if cache is not None:
+            if cache:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v  # (B, nh, past + T, hs)
+        # query i sits at position past + i: it sees every key up to there
+        S = k.size(2)
+        mask = None if S == T else torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -296,6 +305,8 @@ class MixtureOfExperts(nn.Module):
         H = expert_size or self.flop_matched_expert_size(C, E, top_k)
         self.top_k, self.capacity_factor = top_k, capacity_factor
         self.expert_choice, self.aux_loss_coef = routing == "expert_choice", aux_loss_coef
+        # expert choice, or a capacity, makes tokens of all positions compete for the experts
+        self.causal = not self.expert_choice and capacity_factor is None
         self.router = nn.Parameter(torch.empty(C, E))
         self.w1 = nn.Parameter(torch.empty(E, C, H))
         self.w2 = nn.Parameter(torch.empty(E, H, C))
@@ -385,8 +396,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.ffn = FFNS[ffn].from_config(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, cache: Optional[dict] = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache)
         return x + self.ffn(self.ln_2(x))
 
 
@@ -446,21 +457,34 @@ class GPT(nn.Module):
         """The FFN layers that are instances of `kind` (a class or a tuple of classes)."""
         return [b.ffn for b in self.transformer.h if isinstance(b.ffn, kind)]
 
-    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None):
+    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None,
+                kv_cache: Optional[list] = None):
+        """Token ids idx (B, T) -> (logits, loss). With targets (B, T) (any layout; -1 = ignore):
+        the logits of every position and the mean cross entropy; without: the last position's
+        logits only. kv_cache (one dict per block, see generate) holds the keys and values of the
+        positions before idx."""
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence length {T} exceeds block_size={self.config.block_size}")
-        pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        V = self.config.vocab_size
+        past = kv_cache[0]["k"].size(2) if kv_cache and kv_cache[0] else 0  # cached positions
+        if B == 0 or T == 0:
+            raise ValueError(f"idx has shape {tuple(idx.shape)}: give at least one token")
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence length {past + T} exceeds "
+                             f"block_size={self.config.block_size}")
+        if not torch.compiler.is_compiling() and (idx.min() < 0 or idx.max() >= V):
+            raise ValueError(f"token ids must be in [0, vocab_size={V}): got ids from "
+                             f"{idx.min().item()} to {idx.max().item()}")
+        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # B, T, C
-        for block in self.transformer.h:
-            x = block(x)
+        for block, cache in zip(self.transformer.h, kv_cache or [None] * len(self.transformer.h)):
+            x = block(x, cache)
         x = self.transformer.ln_f(x)
         self.aux_loss = sum((m.aux_loss for m in self.ffns(MixtureOfExperts)),
                             torch.zeros((), device=idx.device))
         if targets is None:  # inference: only the last position is needed
             return self.lm_head(x[:, [-1], :]), None
         logits = self.lm_head(x)  # (B, T, vocab)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        loss = F.cross_entropy(logits.view(-1, V), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     def get_num_params(self, non_embedding: bool = True) -> int:
@@ -521,17 +545,38 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: Optional[int] = None) -> torch.Tensor:
-        """Sample max_new_tokens after idx (B, T). Call model.eval() first. For MoT the B
-        sequences are mixed in groups of group_size, as in training (a partial group is padded
-        with zero rows)."""
+                 top_k: Optional[int] = None, kv_cache: bool = True) -> torch.Tensor:
+        """Sample max_new_tokens after idx (B, T); temperature 0 = greedy (argmax). Call
+        model.eval() first. For MoT the B sequences are mixed in groups of group_size, as in
+        training (a partial group is padded with zero rows).
+
+        kv_cache: keep each layer's keys and values, so that a step runs only the new token.
+        Exact for every causal FFN, MoT included: MoT mixes only tokens at the same position,
+        and a step feeds the whole batch's tokens of one position, the groups of a full forward.
+        The cache speeds up generation within block_size only: beyond it the learned positions
+        shift with the cropped window, so each step recomputes the window (as kv_cache=False)."""
+        if temperature < 0:
+            raise ValueError(f"temperature={temperature}: use 0 for greedy decoding or > 0")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k={top_k}: keep at least 1 token, or None for all")
+        if kv_cache and not all(getattr(b.ffn, "causal", True) for b in self.transformer.h):
+            raise ValueError("this model's MoE layers let tokens of other positions compete "
+                             "(expert choice or a capacity factor): use kv_cache=False")
+        cache = [{} for _ in self.transformer.h] if kv_cache else None
+        new = idx  # the tokens the next forward must feed
         for _ in range(max_new_tokens):
-            idx_cond = idx[:, -self.config.block_size:]
-            logits, _ = self(idx_cond)
-            logits = logits[:, -1, :] / temperature
-            if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float("inf")
-            idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
-            idx = torch.cat((idx, idx_next), dim=1)
+            if cache is not None and idx.size(1) <= self.config.block_size:
+                logits, _ = self(new, kv_cache=cache)
+            else:
+                logits, _ = self(idx[:, -self.config.block_size:])
+            logits = logits[:, -1, :]
+            if temperature == 0:
+                idx_next = logits.argmax(-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float("inf")
+                idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            idx, new = torch.cat((idx, idx_next), dim=1), idx_next
         return idx

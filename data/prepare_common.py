@@ -8,7 +8,8 @@ import numpy as np
 
 # GPT-2's 50257 tokens padded up to a multiple of 64 for faster matmuls; ids >= 50257 never occur.
 GPT2_PADDED_VOCAB = 50304
-SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
+                   "tinyshakespeare/input.txt")
 
 
 def read_or_download(path: str, url: str = SHAKESPEARE_URL) -> str:
@@ -19,7 +20,8 @@ def read_or_download(path: str, url: str = SHAKESPEARE_URL) -> str:
             urllib.request.urlretrieve(url, path + ".tmp")
         except OSError as e:
             raise SystemExit(f"error: could not download {url} ({e}).\n"
-                             f"Download it by other means and put it at {path}, then run this script again.")
+                             f"Download it by other means and put it at {path}, "
+                             f"then run this script again.")
         os.replace(path + ".tmp", path)
     with open(path, encoding="utf-8") as f:
         return f.read()

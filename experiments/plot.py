@@ -31,17 +31,20 @@ def speedups(baseline: list, run: list) -> dict:
     result = dict(final_val_loss=run[-1]["val_loss"], final_iter=run[-1]["iter"], reached_iter=None,
                   step_speedup=None, time_speedup=None)
     if reached is not None and reached["iter"] > 0:
-        result.update(reached_iter=reached["iter"], step_speedup=baseline[-1]["iter"] / reached["iter"],
+        result.update(reached_iter=reached["iter"],
+                      step_speedup=baseline[-1]["iter"] / reached["iter"],
                       time_speedup=baseline[-1]["elapsed_s"] / reached["elapsed_s"])
     return result
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dirs", nargs="+", help="run directories; the first is the baseline")
     parser.add_argument("--labels", nargs="+", help="legend labels (default: the directory names)")
     parser.add_argument("--step_offsets", type=int, nargs="+",
-                        help="shift each run's steps, e.g. to draw a transition run after the run it started from")
+                        help="shift each run's steps, e.g. to draw a transition run after the "
+                             "run it started from")
     parser.add_argument("--out", default="results.png")
     args = parser.parse_args()
     try:
@@ -62,7 +65,8 @@ def main() -> None:
     for label, log, offset in zip(labels, logs, offsets):
         by_step.plot([r["iter"] + offset for r in log], [r["val_loss"] for r in log], label=label)
         by_time.plot([r["elapsed_s"] for r in log], [r["val_loss"] for r in log], label=label)
-    top = max(log[1]["val_loss"] for log in logs if len(log) > 1)  # skip the untrained first evaluation
+    # skip the untrained first evaluation
+    top = max(log[1]["val_loss"] for log in logs if len(log) > 1)
     for ax, xlabel in ((by_step, "step"), (by_time, "training wall-clock seconds")):
         ax.set_ylim(top=top)
         ax.axhline(logs[0][-1]["val_loss"], color="gray", linestyle=":", linewidth=1)
@@ -81,7 +85,8 @@ def main() -> None:
         reached = "—" if s["reached_iter"] is None else f"{s['reached_iter']}"
         step = "—" if s["step_speedup"] is None else f"{s['step_speedup']:.2f}×"
         time = "—" if s["time_speedup"] is None else f"{s['time_speedup']:.2f}×"
-        print(f"| {label} | {s['final_val_loss']:.4f} | {s['final_val_loss'] - logs[0][-1]['val_loss']:+.4f} "
+        print(f"| {label} | {s['final_val_loss']:.4f} "
+              f"| {s['final_val_loss'] - logs[0][-1]['val_loss']:+.4f} "
               f"| {reached} | {step} | {time} |")
     print(f"wrote {args.out}")
 

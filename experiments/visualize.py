@@ -9,8 +9,8 @@ Pictures of what a MoT controller does:
    A column spread evenly means that expert takes the average of the group; a single bright cell
    means the expert picked one token (the τ → 0 / expert-choice regime).
 2. out_dir/merge_entropy.png: the mean entropy of the merge weights, divided by log(G), of each MoT
-   layer over training, from the merge_entropy field of log.jsonl (1 = plain averaging, 0 = one token
-   per expert).
+   layer over training, from the merge_entropy field of log.jsonl (1 = plain averaging, 0 = one
+   token per expert).
 """
 
 import argparse
@@ -28,11 +28,15 @@ from train import fail, load_checkpoint, load_data  # noqa: E402
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out_dir", required=True, help="a MoT run: ckpt.pt and log.jsonl")
-    parser.add_argument("--layer", type=int, default=0, help="which MoT layer, counting MoT layers from 0")
-    parser.add_argument("--position", type=int, default=-1, help="sequence position to show (-1: the last)")
-    parser.add_argument("--label_chars", type=int, default=12, help="characters of context in each row label")
+    parser.add_argument("--layer", type=int, default=0,
+                        help="which MoT layer, counting MoT layers from 0")
+    parser.add_argument("--position", type=int, default=-1,
+                        help="sequence position to show (-1: the last)")
+    parser.add_argument("--label_chars", type=int, default=12,
+                        help="characters of context in each row label")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     try:
@@ -57,7 +61,8 @@ def main(argv=None) -> None:
     # one group: G windows of validation text, evenly spaced through the split
     val = load_data(c["data_root"], c["dataset"], T)[0]["val"]
     starts = torch.linspace(0, len(val) - T - 1, G).long().tolist()
-    x = torch.stack([torch.from_numpy(val[s:s + T].astype("int64")) for s in starts]).to(args.device)
+    x = torch.stack([torch.from_numpy(val[s:s + T].astype("int64"))
+                     for s in starts]).to(args.device)
     with torch.no_grad():
         model(x)
     position = args.position % T
@@ -66,7 +71,8 @@ def main(argv=None) -> None:
     labels = [repr(decode(row[max(0, position - args.label_chars + 1):position + 1].tolist()))
               for row in x.cpu()]
 
-    fig, ax = plt.subplots(figsize=(min(16.0, max(6.0, 0.12 * weights.shape[1] + 3)), max(3.0, 0.25 * G + 1.5)))
+    fig, ax = plt.subplots(figsize=(min(16.0, max(6.0, 0.12 * weights.shape[1] + 3)),
+                                    max(3.0, 0.25 * G + 1.5)))
     image = ax.imshow(weights.numpy(), aspect="auto", cmap="viridis", vmin=0.0)
     ax.set_yticks(range(G), labels, fontsize=7, family="monospace")
     ax.set_xlabel("expert")
@@ -80,7 +86,8 @@ def main(argv=None) -> None:
         records = [r for r in map(json.loads, f) if r.get("merge_entropy")]
     fig, ax = plt.subplots(figsize=(7, 4))
     for i in range(len(layers)):
-        ax.plot([r["iter"] for r in records], [r["merge_entropy"][i] for r in records], label=f"MoT layer {i}")
+        ax.plot([r["iter"] for r in records], [r["merge_entropy"][i] for r in records],
+                label=f"MoT layer {i}")
     ax.set_xlabel("step")
     ax.set_ylabel("merge-weight entropy / log(G)")
     ax.set_ylim(0, 1.02)

@@ -1,4 +1,5 @@
-"""The evidence scripts keep working: bench.py, plot.py, evaluate.py, visualize.py (tiny sizes, no timing asserts)."""
+"""The evidence scripts keep working: bench.py, plot.py, evaluate.py, visualize.py (tiny sizes,
+no timing asserts)."""
 
 import subprocess
 import sys
@@ -37,7 +38,8 @@ def test_plot_evaluate_and_visualize_on_tiny_runs(tmp_path, run_train, capsys, m
     dense = run_train(tmp_path / "dense", "--max_iters=4")
     mot = run_train(tmp_path / "mot", "--ffn=mot", "--max_iters=4")
     png = tmp_path / "results.png"
-    monkeypatch.setattr(sys, "argv", ["plot.py", str(tmp_path / "dense"), str(tmp_path / "mot"), f"--out={png}"])
+    monkeypatch.setattr(sys, "argv", ["plot.py", str(tmp_path / "dense"), str(tmp_path / "mot"),
+                                      f"--out={png}"])
     plot.main()
     table = capsys.readouterr().out
     assert png.stat().st_size > 0 and f"| mot | {mot[-1]['val_loss']:.4f} |" in table

@@ -22,15 +22,17 @@ def test_prepare_char_round_trips_the_text(data_root):
     """train.bin + val.bin decode back to the corpus, split 90/10, with a JSON vocabulary."""
     d = data_root / "shakespeare_char"
     meta = json.loads((d / "meta.json").read_text())
-    ids = np.concatenate([np.fromfile(d / "train.bin", dtype=np.uint16), np.fromfile(d / "val.bin", dtype=np.uint16)])
+    ids = np.concatenate([np.fromfile(d / "train.bin", dtype=np.uint16),
+                          np.fromfile(d / "val.bin", dtype=np.uint16)])
     assert "".join(meta["chars"][i] for i in ids) == CORPUS
     assert len(np.fromfile(d / "train.bin", dtype=np.uint16)) == int(0.9 * len(CORPUS))
     assert meta["vocab_size"] == len(set(CORPUS)) and meta["tokenizer"] == "char"
 
 
 @pytest.mark.skipif(not os.path.exists(SHAKESPEARE), reason="needs ../shared/data/tinyshakespeare")
-@pytest.mark.parametrize("name, train_tokens, val_tokens", [("shakespeare_char", 1_003_854, 111_540),
-                                                            ("shakespeare", 301_966, 36_059)])
+@pytest.mark.parametrize("name, train_tokens, val_tokens",
+                         [("shakespeare_char", 1_003_854, 111_540),
+                          ("shakespeare", 301_966, 36_059)])
 def test_prepare_real_shakespeare(tmp_path, name, train_tokens, val_tokens):
     """The real file gives nanoGPT's token counts, characters and GPT-2 BPE."""
     os.symlink(os.path.abspath(SHAKESPEARE), tmp_path / "input.txt")
@@ -52,7 +54,8 @@ def test_prepare_without_file_or_network_says_where_to_put_it(tmp_path, monkeypa
 
 
 def test_openwebtext_tokenize_and_write(tmp_path):
-    """Multi-process, sharded writing keeps document order and separates documents by <|endoftext|>."""
+    """Multi-process, sharded writing keeps document order and separates documents by
+    <|endoftext|>."""
     import tiktoken
     from openwebtext.prepare import tokenize_and_write
     docs = [f"Document number {i}: " + "words " * (i % 7) for i in range(300)]
@@ -78,7 +81,8 @@ def test_train_each_ffn_logs_and_learns(data_root, tmp_path, ffn, run_train):
     assert glob.glob(str(data_root / "**" / "*.pkl"), recursive=True) == []
 
 
-@pytest.mark.parametrize("eval_interval, m, n, resumed_iters", [(2, 4, 8, [0, 2, 4, 6, 8]), (5, 3, 7, [0, 3, 5, 7])])
+@pytest.mark.parametrize("eval_interval, m, n, resumed_iters",
+                         [(2, 4, 8, [0, 2, 4, 6, 8]), (5, 3, 7, [0, 3, 5, 7])])
 def test_resume_is_exact(tmp_path, run_train, eval_interval, m, n, resumed_iters):
     """N iterations in one run log the same losses and lr as M < N iterations resumed to N
     (the last iteration is always evaluated and saved, whatever eval_interval)."""
@@ -88,17 +92,19 @@ def test_resume_is_exact(tmp_path, run_train, eval_interval, m, n, resumed_iters
     resumed = run_train(tmp_path / "split", *args, f"--max_iters={n}", "--init_from=resume")
     assert [r["iter"] for r in resumed] == resumed_iters
     after_m = [(r["iter"], r["train_loss"], r["val_loss"], r["lr"]) for r in full if r["iter"] > m]
-    assert after_m == [(r["iter"], r["train_loss"], r["val_loss"], r["lr"]) for r in resumed if r["iter"] > m]
+    assert after_m == [(r["iter"], r["train_loss"], r["val_loss"], r["lr"])
+                       for r in resumed if r["iter"] > m]
     assert after_m[-1][0] == n
 
 
 def test_checkpoint_loads_weights_only_and_save_is_atomic(tmp_path, monkeypatch, run_train):
-    """ckpt.pt loads with weights_only=True; a save interrupted midway keeps the previous checkpoint."""
+    """ckpt.pt loads with weights_only=True; a save interrupted midway keeps the previous
+    checkpoint."""
     out = tmp_path / "out"
     run_train(out, "--max_iters=2")
     path = str(out / "ckpt.pt")
     checkpoint = torch.load(path, weights_only=True)
-    assert checkpoint["iter_num"] == 2 and set(checkpoint["rng"]) >= {"torch", "numpy", "python", "cuda", "data"}
+    assert checkpoint["iter_num"] == 2 and set(checkpoint["rng"]) == {"torch", "cuda", "data"}
 
     def interrupted_save(obj, f):
         with open(f, "wb") as fh:
@@ -116,9 +122,11 @@ def test_sample_prints_samples_for_a_partial_group(tmp_path, capsys, run_train):
     out = tmp_path / "out"
     run_train(out, "--ffn=mot", "--max_iters=2")
     capsys.readouterr()
-    sample.main([f"--out_dir={out}", "--start=Speak", "--num_samples=3", "--max_new_tokens=5", "--device=cpu"])
+    sample.main([f"--out_dir={out}", "--start=Speak", "--num_samples=3", "--max_new_tokens=5",
+                 "--device=cpu"])
     samples = capsys.readouterr().out.split("---------------\n")[:-1]
-    assert len(samples) == 3 and all(s.startswith("Speak") and len(s) == len("Speak") + 5 + 1 for s in samples)
+    assert len(samples) == 3 and all(s.startswith("Speak") and len(s) == len("Speak") + 5 + 1
+                                     for s in samples)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,4 +1,5 @@
-"""Transition tuning (MOT_SPEC §8): GPT.to_sparse, temperature schedules, and runs started from a MoT."""
+"""Transition tuning: GPT.to_sparse, temperature schedules, and runs started from
+a MoT."""
 
 import pytest
 import torch
@@ -36,7 +37,8 @@ def test_to_sparse_copies_weights_bit_identically(routing):
 
 
 def test_token_choice_sequence_ignores_the_rest_of_the_batch():
-    """After to_sparse("token_choice") a sequence's logits do not change when the others change; before, they do."""
+    """After to_sparse("token_choice") a sequence's logits do not change when the others change;
+    before, they do."""
     model = trained_like_mot()
     idx = torch.randint(0, 11, (8, 8), generator=torch.Generator().manual_seed(1))
     other = idx.clone()
@@ -52,7 +54,8 @@ def test_discrete_conversion_equals_the_small_temperature_limit():
     idx = torch.randint(0, 11, (8, 8), generator=torch.Generator().manual_seed(3))
     idx[:, 0] = torch.arange(8)  # distinct prefixes: no two tokens of a group are equal, so no ties
     discrete, _ = trained_like_mot().to_sparse("discrete")(idx, idx)
-    errors = [(trained_like_mot(temperature=t)(idx, idx)[0] - discrete).abs().max().item() for t in (1.0, 1e-2, 1e-4)]
+    errors = [(trained_like_mot(temperature=t)(idx, idx)[0] - discrete).abs().max().item()
+              for t in (1.0, 1e-2, 1e-4)]
     assert errors[0] > 1e-2 and errors[2] < 1e-5 and errors[0] > errors[1] > errors[2]
 
 
@@ -64,38 +67,44 @@ def test_to_sparse_rejects_what_it_cannot_convert():
 
 
 def test_annealing_schedule_hits_both_ends():
-    """τ goes from temperature at step 0 to temperature_final at lr_decay_iters, monotonically, then stays."""
+    """τ goes from temperature at step 0 to temperature_final at lr_decay_iters, monotonically,
+    then stays."""
     c = dict(temperature=1.0, temperature_final=0.1, lr_decay_iters=100)
     taus = [train.get_temperature(it, c) for it in range(0, 151)]
-    assert taus[0] == pytest.approx(1.0) and taus[100] == pytest.approx(0.1) and taus[150] == pytest.approx(0.1)
+    assert (taus[0] == pytest.approx(1.0) and taus[100] == pytest.approx(0.1)
+            and taus[150] == pytest.approx(0.1))
     assert all(a > b for a, b in zip(taus[:100], taus[1:101]))
 
 
 def test_annealed_and_learned_temperatures_are_logged(tmp_path, run_train):
-    """An annealed run logs τ₀ at step 0 and τ₁ at lr_decay_iters; a learned τ moves and stays positive."""
+    """An annealed run logs τ₀ at step 0 and τ₁ at lr_decay_iters; a learned τ moves and
+    stays positive."""
     annealed = run_train(tmp_path / "anneal", "--ffn=mot", "--max_iters=20", "--eval_interval=20",
                          "--temperature=2.0", "--temperature_final=0.5")
     assert annealed[0]["temperature"] == pytest.approx([2.0, 2.0])
     assert annealed[-1]["temperature"] == pytest.approx([0.5, 0.5])
-    learned = run_train(tmp_path / "learn", "--ffn=mot", "--max_iters=4", "--learnable_temperature=True",
-                        "--learning_rate=0.1")
-    assert all(t > 0 for t in learned[-1]["temperature"]) and learned[-1]["temperature"] != [1.0, 1.0]
+    learned = run_train(tmp_path / "learn", "--ffn=mot", "--max_iters=4",
+                        "--learnable_temperature=True", "--learning_rate=0.1")
+    assert (all(t > 0 for t in learned[-1]["temperature"])
+            and learned[-1]["temperature"] != [1.0, 1.0])
     with pytest.raises(SystemExit, match="temperature_final"):
-        run_train(tmp_path / "both", "--ffn=mot", "--learnable_temperature=True", "--temperature_final=0.5")
+        run_train(tmp_path / "both", "--ffn=mot", "--learnable_temperature=True",
+                  "--temperature_final=0.5")
 
 
 def test_transition_run_and_independent_sampling(tmp_path, run_train, capsys):
-    """A token-choice run starts from a MoT checkpoint at step 0, and its greedy sample of one sequence
-    is the same alone as in a batch of three."""
+    """A token-choice run starts from a MoT checkpoint at step 0, and its greedy sample of one
+    sequence is the same alone as in a batch of three."""
     run_train(tmp_path / "mot", "--ffn=mot", "--max_iters=4")
-    log = run_train(tmp_path / "tc", f"--init_from={tmp_path / 'mot'}", "--transition=token_choice", "--max_iters=4")
+    log = run_train(tmp_path / "tc", f"--init_from={tmp_path / 'mot'}",
+                    "--transition=token_choice", "--max_iters=4")
     assert [r["iter"] for r in log] == [0, 2, 4]
     assert torch.load(tmp_path / "tc" / "ckpt.pt", weights_only=True)["model_args"]["ffn"] == "moe"
 
     def greedy(n):
         capsys.readouterr()
-        sample.main([f"--out_dir={tmp_path / 'tc'}", "--start=Speak", f"--num_samples={n}", "--top_k=1",
-                     "--max_new_tokens=8", "--device=cpu"])
+        sample.main([f"--out_dir={tmp_path / 'tc'}", "--start=Speak", f"--num_samples={n}",
+                     "--top_k=1", "--max_new_tokens=8", "--device=cpu"])
         return capsys.readouterr().out.split("---------------\n")[:-1]
 
     alone, batch = greedy(1), greedy(3)

@@ -17,13 +17,15 @@ ENCODING = tiktoken.get_encoding("gpt2")
 
 
 def encode_document(text: str) -> np.ndarray:
-    """GPT-2 token ids of one document, followed by the end-of-text token that separates documents."""
+    """GPT-2 token ids of one document, followed by the end-of-text token that separates
+    documents."""
     ids = ENCODING.encode_ordinary(text)
     ids.append(ENCODING.eot_token)
     return np.array(ids, dtype=np.uint16)
 
 
-def tokenize_and_write(texts: Iterable[str], path: str, num_proc: int, shard_tokens: int = 1 << 24) -> int:
+def tokenize_and_write(texts: Iterable[str], path: str, num_proc: int,
+                       shard_tokens: int = 1 << 24) -> int:
     """Tokenise `texts` in `num_proc` processes, keeping their order, and append them to `path` as
     uint16, one shard of about `shard_tokens` tokens at a time so that memory stays bounded.
     Returns the number of tokens written."""
@@ -55,7 +57,8 @@ def main() -> None:
     # OpenWebText has only a train split: hold out 0.05% of the documents for validation.
     split = dataset["train"].train_test_split(test_size=0.0005, seed=2357, shuffle=True)
     for name, part in (("train", split["train"]), ("val", split["test"])):
-        n = tokenize_and_write((doc["text"] for doc in part), os.path.join(out_dir, f"{name}.bin"), args.num_proc)
+        n = tokenize_and_write((doc["text"] for doc in part),
+                               os.path.join(out_dir, f"{name}.bin"), args.num_proc)
         print(f"{name}: {len(part):,} documents, {n:,} tokens")
     write_meta(out_dir, tokenizer="gpt2", vocab_size=GPT2_PADDED_VOCAB)
 

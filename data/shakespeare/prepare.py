@@ -7,7 +7,8 @@ import sys
 import tiktoken
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from prepare_common import GPT2_PADDED_VOCAB, read_or_download, write_meta, write_tokens  # noqa: E402
+from prepare_common import (GPT2_PADDED_VOCAB, read_or_download, write_meta,  # noqa: E402
+                            write_tokens)
 
 
 def prepare(out_dir: str) -> None:

@@ -17,7 +17,8 @@ def prepare(out_dir: str) -> None:
     write_tokens(ids[:n], os.path.join(out_dir, "train.bin"))
     write_tokens(ids[n:], os.path.join(out_dir, "val.bin"))
     write_meta(out_dir, tokenizer="char", vocab_size=len(chars), chars=chars)
-    print(f"{len(text):,} characters, vocab {len(chars)}: train {n:,} tokens, val {len(ids) - n:,} tokens")
+    print(f"{len(text):,} characters, vocab {len(chars)}: train {n:,} tokens, "
+          f"val {len(ids) - n:,} tokens")
 
 
 if __name__ == "__main__":
