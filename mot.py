@@ -263,6 +263,9 @@ class MixtureOfTokens(nn.Module):
     def merge_entropy(self) -> float:
         """Mean entropy of the last forward's merge weights over each group, divided by log(G):
         1 = every expert takes the plain average of its group, 0 = one token per expert."""
+        if self.merge_weights is None:
+            raise RuntimeError("merge_entropy() summarises the merge weights of the last forward: "
+                               "run the layer (or its GPT) on a batch first")
         G = self.group_size
         if G == 1:
             return 0.0
@@ -522,7 +525,8 @@ class GPT(nn.Module):
         """A new GPT whose MoT layers do not mix examples, for transition tuning, weights copied:
         "discrete": the same layers with one-hot argmax merge weights (the τ → 0 limit);
         "token_choice": top-k token-choice MoE layers, k = E/G (the same expert FLOPs per token),
-        whose experts are the MoT experts and whose router is the MoT controller."""
+        whose experts are the MoT experts and whose router is the MoT controller.
+        The new GPT has this one's dtype, device and training mode."""
         cfg = self.config
         if FFNS[cfg.ffn] is not MixtureOfTokens:
             raise ValueError(f"to_sparse converts MoT layers, but this model has ffn={cfg.ffn!r}")
@@ -539,9 +543,10 @@ class GPT(nn.Module):
         if routing == "token_choice":  # the controller becomes the router; MoE has no τ
             state = {name.replace(".ffn.controller", ".ffn.router"): tensor
                      for name, tensor in state.items() if not name.endswith(".log_temperature")}
-        sparse = GPT(sparse_config)
+        weight = self.lm_head.weight
+        sparse = GPT(sparse_config).to(device=weight.device, dtype=weight.dtype)
         sparse.load_state_dict(state)
-        return sparse
+        return sparse.train(self.training)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

@@ -543,6 +543,11 @@ def test_train_mode_rejects_a_partial_group():
         layer(randn(4, 3, 8))
 
 
+def test_merge_entropy_before_any_forward_says_so():
+    with pytest.raises(RuntimeError, match="run the layer"):
+        make_layer(**GROUPED).merge_entropy()
+
+
 def test_generate_single_sequence_with_mot():
     """GPT.generate decodes one sequence with MoT (group_size 4): prefix kept, valid tokens."""
     model = make_gpt(ffn="mot", group_size=4).eval()
@@ -551,6 +556,77 @@ def test_generate_single_sequence_with_mot():
     out = model.generate(idx, max_new_tokens=7, top_k=5)  # runs past block_size=8: cropping too
     assert out.shape == (1, 10) and torch.equal(out[:, :3], idx)
     assert ((out >= 0) & (out < model.config.vocab_size)).all()
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def float32_gpt(kind: str, seed=0, **overrides) -> GPT:
+    """A float32 GPT in eval mode, FFN weights random, block_size 8."""
+    model = make_gpt(seed, ffn=kind, n_experts=4, group_size=2, moe_top_k=2, **overrides)
+    return model.float().eval()
+
+
+@pytest.mark.parametrize("kind, B", [("dense", 3), ("mot", 4), ("mot", 1), ("mot", 3),
+                                     ("mot_emit_softmax", 2), ("moe", 3)])
+def test_kv_cache_decodes_exactly_as_recomputing_everything(kind, B):
+    """Greedy decoding with the KV cache gives the same tokens as recomputing the whole context
+    at every step, also past block_size (8); while the cache is in use, each step's logits equal
+    a full forward's last-position logits. MoT too, with whole and zero-padded groups: a step
+    feeds the batch's tokens of one position, exactly the groups of a full forward."""
+    model = float32_gpt(kind)
+    idx = random_tokens(model, B, 3)
+    tokens = model.generate(idx, max_new_tokens=9, temperature=0)  # 12 tokens > block_size
+    assert torch.equal(tokens, model.generate(idx, max_new_tokens=9, temperature=0,
+                                              kv_cache=False))
+    cache = [{} for _ in model.transformer.h]
+    with torch.no_grad():
+        for start, end in [(0, 3)] + [(t, t + 1) for t in range(3, 8)]:
+            step, _ = model(tokens[:, start:end], kv_cache=cache)
+            full, _ = model(tokens[:, :end])
+            torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5)
+
+
+def test_kv_cache_refuses_moe_whose_tokens_compete_across_positions():
+    for overrides in (dict(moe_routing="expert_choice"), dict(capacity_factor=1.0)):
+        model = float32_gpt("moe", **overrides)
+        idx = random_tokens(model, 2, 3)
+        with pytest.raises(ValueError, match="kv_cache=False"):
+            model.generate(idx, max_new_tokens=2)
+        assert model.generate(idx, max_new_tokens=2, kv_cache=False).shape == (2, 5)
+
+
+def test_generate_temperature_zero_is_greedy_and_bad_settings_are_errors():
+    model = float32_gpt("mot")
+    idx = random_tokens(model, 2, 3)
+    with torch.no_grad():
+        expected = model(idx)[0][:, -1].argmax(-1)
+    assert torch.equal(model.generate(idx, max_new_tokens=1, temperature=0)[:, -1], expected)
+    for bad in (dict(temperature=-1.0), dict(top_k=0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            model.generate(idx, max_new_tokens=1, **bad)
+
+
+def test_forward_takes_targets_of_any_layout_and_rejects_bad_ids():
+    """targets may be a strided view (x, y = seq[:, :-1], seq[:, 1:]); an empty batch or
+    sequence, or ids outside [0, vocab_size), is a ValueError naming the limit."""
+    model = float32_gpt("dense")
+    seq = random_tokens(model, 2, 7)
+    x, y = seq[:, :-1], seq[:, 1:]
+    torch.testing.assert_close(model(x, y)[1], model(x, y.contiguous())[1])
+    for idx, match in ((seq[:0], "at least one token"), (seq[:, :0], "at least one token"),
+                       (seq + 32, "vocab_size=32"), (seq - 40, "vocab_size=32")):
+        with pytest.raises(ValueError, match=match):
+            model(idx)
+
+
+@pytest.mark.parametrize("routing", ["discrete", "token_choice"])
+@pytest.mark.parametrize("dtype, training", [(torch.float64, True), (torch.bfloat16, False)])
+def test_to_sparse_keeps_dtype_and_mode(routing, dtype, training):
+    model = make_gpt(ffn="mot").to(dtype).train(training)
+    sparse = model.to_sparse(routing)
+    assert all(p.dtype == dtype for p in sparse.parameters())
+    assert sparse.training == training
 
 
 # ----------------------------------------------------------------------------- sparse MoE
