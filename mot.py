@@ -39,6 +39,7 @@ class GPTConfig:
     temperature: float = 1.0  # MoT softmax temperature τ
     learnable_temperature: bool = False  # MoT: τ = exp(θ), θ learned
     mot_routing: str = "continuous"  # MoT: "continuous" (softmax) | "discrete" (argmax, τ → 0)
+    controller_init_std: Optional[float] = None  # MoT: std of W_ctrl's init; None = INIT_STD
     moe_top_k: int = 1
     moe_routing: str = "token_choice"  # MoE: "token_choice" | "expert_choice" (NOT causal)
     capacity_factor: Optional[float] = None  # MoE: None = dropless
@@ -61,6 +62,8 @@ class GPTConfig:
         require(self.expert_size is None or self.expert_size > 0, "expert_size",
                 "must be positive, or None for the FLOP-matched width")
         require(self.temperature > 0, "temperature", "must be > 0")
+        require(self.controller_init_std is None or self.controller_init_std > 0,
+                "controller_init_std", "must be > 0, or None for the default")
         require(self.mot_routing in ("continuous", "discrete"), "mot_routing",
                 "must be 'continuous' or 'discrete'")
         require(self.moe_routing in ("token_choice", "expert_choice"), "moe_routing",
@@ -182,7 +185,8 @@ class MixtureOfTokens(nn.Module):
     def __init__(self, n_embd: int, n_experts: int, group_size: int,
                  expert_size: Optional[int] = None, temperature: float = 1.0,
                  learnable_temperature: bool = False, routing: str = "continuous",
-                 dropout: float = 0.0, residual_init_std: float = INIT_STD):
+                 dropout: float = 0.0, residual_init_std: float = INIT_STD,
+                 controller_init_std: float = INIT_STD):
         super().__init__()
         C, E, G = n_embd, n_experts, group_size
         H = expert_size or self.flop_matched_expert_size(C, E, G)
@@ -196,7 +200,7 @@ class MixtureOfTokens(nn.Module):
         else:
             self.register_buffer("log_temperature", log_temperature)
         self.dropout = nn.Dropout(dropout)
-        self.residual_init_std = residual_init_std
+        self.residual_init_std, self.controller_init_std = residual_init_std, controller_init_std
         self.merge_weights: Optional[torch.Tensor] = None  # (B, T, E) of the last forward
         self.reset_parameters()
 
@@ -204,7 +208,8 @@ class MixtureOfTokens(nn.Module):
     def from_config(cls, config: GPTConfig) -> "MixtureOfTokens":
         return cls(config.n_embd, config.n_experts, config.group_size, config.expert_size,
                    config.temperature, config.learnable_temperature, config.mot_routing,
-                   config.dropout, config.residual_init_std)
+                   config.dropout, config.residual_init_std,
+                   config.controller_init_std or INIT_STD)
 
     @staticmethod
     def flop_matched_expert_size(n_embd: int, n_experts: int, group_size: int) -> int:
@@ -212,7 +217,7 @@ class MixtureOfTokens(nn.Module):
         return flop_matched(4 * n_embd * group_size, n_experts, "4·n_embd·group_size/n_experts")
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.controller, mean=0.0, std=INIT_STD)
+        nn.init.normal_(self.controller, mean=0.0, std=self.controller_init_std)
         nn.init.normal_(self.w1, mean=0.0, std=INIT_STD)
         nn.init.normal_(self.w2, mean=0.0, std=self.residual_init_std)
 

@@ -737,6 +737,19 @@ def test_layers_initialise_themselves_as_gpt2():
     assert float(mlp.c_proj.weight.std()) == pytest.approx(0.005, rel=0.02)
     model = GPT(tiny_config(n_layer=8, n_embd=256, n_experts=32, group_size=8))
     assert float(model.transformer.h[0].ffn.w2.std()) == pytest.approx(0.005, rel=0.02)
+    assert float(model.transformer.h[0].ffn.controller.std()) == pytest.approx(0.02, rel=0.05)
+
+
+@pytest.mark.parametrize("std", [0.0625, 1.0])
+def test_controller_init_std_sets_the_controllers_initial_scale(std):
+    """GPTConfig.controller_init_std is the std of every MoT controller at init (the rest of the
+    layer is unchanged): it sets how peaked the merge weights start."""
+    torch.manual_seed(0)
+    model = GPT(tiny_config(n_layer=2, n_embd=256, n_experts=64, group_size=8,
+                            controller_init_std=std))
+    for layer in model.ffns(MixtureOfTokens):
+        assert float(layer.controller.std()) == pytest.approx(std, rel=0.03)
+        assert float(layer.w1.std()) == pytest.approx(0.02, rel=0.03)
 
 
 def test_dense_gpt_init_is_nanogpts_draw_for_draw():
@@ -851,6 +864,7 @@ def test_each_layer_computes_its_flop_matched_expert_size():
     (dict(ffn="moe", moe_top_k=5, n_experts=4), "moe_top_k"),
     (dict(expert_size=0), "expert_size"),
     (dict(temperature=0.0), "temperature"),
+    (dict(controller_init_std=0.0), "controller_init_std"),
     (dict(capacity_factor=0.0), "capacity_factor"),
     (dict(mot_routing="argmax"), "mot_routing"),
     (dict(moe_routing="switch"), "moe_routing"),
