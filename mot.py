@@ -555,16 +555,23 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: Optional[int] = None, kv_cache: bool = True) -> torch.Tensor:
+                 top_k: Optional[int] = None, kv_cache: bool = True,
+                 companions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Sample max_new_tokens after idx (B, T); temperature 0 = greedy (argmax). Call
         model.eval() first. For MoT the B sequences are mixed in groups of group_size, as in
-        training (a partial group is padded with zero rows).
+        training; a partial group is padded with zero rows, unless companions fill it.
+
+        companions (K, L), L >= T + max_new_tokens: K windows of training text that join the
+        batch after idx, so that a few sequences are grouped with real text as in training. They
+        are fed their own text position by position (teacher forcing); their outputs are
+        discarded and they are not returned.
 
         kv_cache: keep each layer's keys and values, so that a step runs only the new token.
         Exact for every causal FFN, MoT included: MoT mixes only tokens at the same position,
         and a step feeds the whole batch's tokens of one position, the groups of a full forward.
         The cache speeds up generation within block_size only: beyond it the learned positions
         shift with the cropped window, so each step recomputes the window (as kv_cache=False)."""
+        B, T = idx.shape
         if temperature < 0:
             raise ValueError(f"temperature={temperature}: use 0 for greedy decoding or > 0")
         if top_k is not None and top_k < 1:
@@ -572,6 +579,11 @@ class GPT(nn.Module):
         if kv_cache and not all(getattr(b.ffn, "causal", True) for b in self.transformer.h):
             raise ValueError("this model's MoE layers let tokens of other positions compete "
                              "(expert choice or a capacity factor): use kv_cache=False")
+        if companions is not None:
+            if companions.dim() != 2 or companions.size(1) < T + max_new_tokens:
+                raise ValueError(f"companions must be (K, L) with L >= {T + max_new_tokens} "
+                                 f"(prompt + new tokens); got {tuple(companions.shape)}")
+            idx = torch.cat([idx, companions[:, :T].to(idx.device)])
         cache = [{} for _ in self.transformer.h] if kv_cache else None
         new = idx  # the tokens the next forward must feed
         for _ in range(max_new_tokens):
@@ -588,5 +600,7 @@ class GPT(nn.Module):
                     v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
                     logits[logits < v[:, [-1]]] = -float("inf")
                 idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            if companions is not None:  # teacher forcing: a companion's next token is its own
+                idx_next[B:, 0] = companions[:, idx.size(1)].to(idx.device)
             idx, new = torch.cat((idx, idx_next), dim=1), idx_next
-        return idx
+        return idx[:B]

@@ -563,7 +563,8 @@ def test_generate_single_sequence_with_mot():
 
 def float32_gpt(kind: str, seed=0, **overrides) -> GPT:
     """A float32 GPT in eval mode, FFN weights random, block_size 8."""
-    model = make_gpt(seed, ffn=kind, n_experts=4, group_size=2, moe_top_k=2, **overrides)
+    model = make_gpt(seed, **{**dict(ffn=kind, n_experts=4, group_size=2, moe_top_k=2),
+                              **overrides})
     return model.float().eval()
 
 
@@ -585,6 +586,25 @@ def test_kv_cache_decodes_exactly_as_recomputing_everything(kind, B):
             step, _ = model(tokens[:, start:end], kv_cache=cache)
             full, _ = model(tokens[:, :end])
             torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_companions_group_a_lone_sequence_with_real_text(kv_cache):
+    """With companions, one sequence is decoded as row 0 of the batch [sequence; companions]: each
+    new token is the argmax of that row's logits in a full forward over the batch, companions
+    teacher-forced; they are not returned."""
+    model = float32_gpt("mot", group_size=4)
+    idx, companions = random_tokens(model, 1, 3), random_tokens(model, 3, 8, seed=1)
+    tokens = model.generate(idx, max_new_tokens=5, temperature=0, companions=companions,
+                            kv_cache=kv_cache)
+    assert tokens.shape == (1, 8) and torch.equal(tokens[:, :3], idx)
+    with torch.no_grad():
+        logits = all_logits(model, torch.cat([tokens, companions]))  # (4, 8, vocab)
+    assert torch.equal(logits[0, 2:7].argmax(-1), tokens[0, 3:])
+    alone = model.generate(idx, max_new_tokens=5, temperature=0, kv_cache=kv_cache)
+    assert not torch.equal(alone, tokens)  # zero padding is another group
+    with pytest.raises(ValueError, match="L >= 8"):
+        model.generate(idx, max_new_tokens=5, companions=companions[:, :7])
 
 
 def test_kv_cache_refuses_moe_whose_tokens_compete_across_positions():
