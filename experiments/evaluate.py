@@ -5,8 +5,9 @@ Val loss of trained checkpoints under inference modes:
 
 For each run directory: "grouped" evaluates batches as in training (a MoT model mixes the batch's
 examples in groups of group_size), "one at a time" feeds each sequence alone (MoT pads it to a
-group with zero rows). The batches are those of train.py's evaluations (same seed), so "grouped"
-reproduces the val_loss that train.py logged for the checkpoint.
+group with zero rows), "with companions" feeds each sequence with group_size − 1 windows of
+training text that fill its group (their own loss is not counted). The batches are those of
+train.py's evaluations (same seed), so "grouped" reproduces the val_loss that train.py logged.
 """
 
 import argparse
@@ -16,17 +17,25 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mot.py, train.py
-from train import eval_batches, fail, load_checkpoint, load_data  # noqa: E402
+from mot import MixtureOfTokens  # noqa: E402
+from train import batch, eval_batches, fail, load_checkpoint, load_data  # noqa: E402
 
 
 @torch.no_grad()
-def mean_loss(model, batches, one_at_a_time: bool) -> float:
+def mean_loss(model, batches, mode: str, companions: torch.Tensor) -> float:
+    """mode "grouped": whole batches; "alone": one sequence at a time; "companions": one sequence
+    with the companions (K, T) after it, their targets -1 (ignored by the loss)."""
     losses = []
     for x, y in batches:
-        if one_at_a_time:
-            losses += [model(x[i:i + 1], y[i:i + 1])[1].item() for i in range(len(x))]
-        else:
+        if mode == "grouped":
             losses += [model(x, y)[1].item()] * len(x)
+        for i in range(len(x)):
+            if mode == "alone":
+                losses.append(model(x[i:i + 1], y[i:i + 1])[1].item())
+            if mode == "companions":
+                ignored = torch.full_like(companions, -1)
+                losses.append(model(torch.cat([x[i:i + 1], companions]),
+                                    torch.cat([y[i:i + 1], ignored]))[1].item())
     return sum(losses) / len(losses)
 
 
@@ -39,20 +48,25 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     print("| run | model (last FFN) | iter | val loss, grouped as trained "
-          "| val loss, one sequence at a time |")
-    print("|---|---|---|---|---|")
+          "| one sequence at a time | one sequence at a time, with companions |")
+    print("|---|---|---|---|---|---|")
     for out_dir in args.out_dirs:
         model, checkpoint = load_checkpoint(os.path.join(out_dir, "ckpt.pt"), args.device)
         c = dict(checkpoint["config"], device=args.device,
                  eval_iters=args.eval_iters or checkpoint["config"]["eval_iters"])
         if not c["eval_iters"] > 0:
             fail("--eval_iters must be positive")
-        val = load_data(c["data_root"], c["dataset"], c["block_size"])[0]["val"]
-        grouped = mean_loss(model, eval_batches(val, c), one_at_a_time=False)
-        alone = mean_loss(model, eval_batches(val, c), one_at_a_time=True)
+        splits = load_data(c["data_root"], c["dataset"], c["block_size"])[0]
+        group_size = max([m.group_size for m in model.ffns(MixtureOfTokens)], default=1)
+        generator = torch.Generator().manual_seed(c["seed"] + 2)  # apart from train/eval batches
+        companions = (batch(splits["train"], group_size - 1, c["block_size"], generator,
+                            args.device)[0] if group_size > 1
+                      else torch.zeros(0, c["block_size"], dtype=torch.long))  # no groups
+        losses = [mean_loss(model, eval_batches(splits["val"], c), mode, companions)
+                  for mode in ("grouped", "alone", "companions")]
         ffn = model.transformer.h[-1].ffn
         print(f"| {out_dir} | {type(ffn).__name__}({ffn.extra_repr()}) | {checkpoint['iter_num']} "
-              f"| {grouped:.4f} | {alone:.4f} |")
+              + "".join(f"| {loss:.4f} " for loss in losses) + "|")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,9 @@ def test_plot_evaluate_and_visualize_on_tiny_runs(tmp_path, run_train, capsys, m
     rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()[2:]]
     assert float(rows[0][3]) == pytest.approx(mot[-1]["val_loss"], abs=1e-4)
     assert float(rows[1][3]) == pytest.approx(dense[-1]["val_loss"], abs=1e-4)
-    assert rows[1][3] == rows[1][4].strip(" |")  # dense: one at a time changes nothing
+    # dense: one at a time, with companions or not, changes nothing
+    assert rows[1][3] == rows[1][4] == rows[1][5].strip(" |")
+    assert rows[0][4] != rows[0][5]  # MoT: zero padding and companions are different groups
 
     visualize.main([f"--out_dir={tmp_path / 'mot'}"])
     assert (tmp_path / "mot" / "merge_weights.png").stat().st_size > 0
