@@ -2,8 +2,9 @@
 Speed and memory of the dense, MoT and MoE feed-forward layers at matched FLOPs, and of one whole
 training step of a small model (the CPU recipe's size) with each.
 
-    python bench.py  # CPU, float32, the default grid (~2 minutes on 2 cores)
+    python bench.py             # CPU, float32, the default grid (~2 minutes on 2 cores)
     python bench.py --device=cuda --dtype=bfloat16 --compile
+    python bench.py --sampling  # generate() with and without the KV cache (~10 minutes on 2 cores)
 
 Each variant: warm-up, then the median of --reps timed forward+backward passes. FLOPs count the
 active experts only (E/G expert FFNs per token for MoT, k for MoE) plus MoT's mixing (controller,
@@ -107,6 +108,34 @@ def print_table(args, title: str, rows: list, baseline: dict) -> None:
               f"{r['memory_mb']:9.1f} {r['ms'] / baseline['ms']:8.2f}")
 
 
+def sampling(args) -> None:
+    """Tokens/s of GPT.generate (greedy) for args.sampling_model's shape with random weights:
+    block_size tokens from a 1-token prompt, batch 1 and batch group_size, KV cache on and off."""
+    print(f"device {args.device}, {torch.get_num_threads()} threads, {args.sampling_model}, "
+          f"{args.sampling_model['block_size'] - 1} new tokens after a 1-token prompt, greedy")
+    print(f"\n{'variant':<28} {'seconds':>9} {'tokens/s':>10} {'cache speed-up':>15}")
+    G = args.sampling_ffns["mot"]["group_size"]
+    for ffn, overrides in args.sampling_ffns.items():
+        torch.manual_seed(0)
+        config = GPTConfig(ffn=ffn, vocab_size=65, **args.sampling_model, **overrides)
+        model = GPT(config).to(args.device).eval()
+        model.generate(torch.zeros(1, 1, dtype=torch.long, device=args.device), 2)  # warm-up
+        for B in (1, G):
+            prompt = torch.zeros(B, 1, dtype=torch.long, device=args.device)
+            seconds = {}
+            for kv_cache in (False, True):
+                synchronize(args.device)
+                t0 = time.perf_counter()
+                model.generate(prompt, config.block_size - 1, temperature=0, kv_cache=kv_cache)
+                synchronize(args.device)
+                seconds[kv_cache] = time.perf_counter() - t0
+            for kv_cache in (False, True):
+                name = f"{ffn} B={B} cache {'on' if kv_cache else 'off'}"
+                speedup = f"{seconds[False] / seconds[True]:14.1f}x" if kv_cache else ""
+                tokens_per_s = B * config.block_size / seconds[kv_cache]
+                print(f"{name:<28} {seconds[kv_cache]:9.2f} {tokens_per_s:10,.0f} {speedup:>15}")
+
+
 def main(args) -> None:
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
@@ -167,14 +196,23 @@ parser.add_argument("--warmup", type=int, default=2)
 parser.add_argument("--reps", type=int, default=5)
 parser.add_argument("--model_batch_size", type=int, default=32,
                     help="batch of the whole-model step")
+parser.add_argument("--sampling", action="store_true",
+                    help="time GPT.generate with and without the KV cache instead")
 parser.add_argument("--tiny", action="store_true", help="tiny sizes, to check that the script runs")
 
 if __name__ == "__main__":
     args = parser.parse_args()
     args.model = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, n_experts=32, group_size=8)
+    # sampling: the GPU recipe's shape (config/train_shakespeare_char*.py)
+    args.sampling_model = dict(n_layer=6, n_head=6, n_embd=384, block_size=256)
+    args.sampling_ffns = dict(dense={}, mot=dict(n_experts=128, group_size=32),
+                              moe=dict(n_experts=8, moe_top_k=1))
     if args.tiny:
         args.C, args.E, args.G = [16], [4], [2]
         args.batch_size, args.seq_len, args.warmup, args.reps = 4, 8, 1, 1
         args.model = dict(n_layer=1, n_head=2, n_embd=16, block_size=8, n_experts=4, group_size=2)
         args.model_batch_size = 4
-    main(args)
+        args.sampling_model = dict(n_layer=1, n_head=2, n_embd=16, block_size=8)
+        args.sampling_ffns = dict(dense={}, mot=dict(n_experts=4, group_size=2),
+                                  moe=dict(n_experts=4, moe_top_k=1))
+    sampling(args) if args.sampling else main(args)

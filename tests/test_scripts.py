@@ -23,6 +23,10 @@ def test_bench_prints_the_tables():
     for row in ("dense", "mot E=4 G=2", "moe top-1 E=4", "one training step"):
         assert row in out
     assert "x dense" in out and "saved MB" in out
+    out = run_script("bench.py", "--sampling", "--tiny")
+    for row in ("dense B=1 cache off", "mot B=2 cache on", "moe B=1 cache on"):
+        assert row in out
+    assert "cache speed-up" in out
 
 
 def test_speedups_from_logs():
