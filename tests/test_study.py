@@ -1,0 +1,245 @@
+"""data/python_stdlib/prepare.py on a small directory, and experiments/study.py on a tiny copy of
+its protocol: a tiny model, 4 steps, small grids, the tiny dataset of conftest.py."""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import study
+import train
+from conftest import ROOT
+from plot import read_log
+from python_stdlib.prepare import prepare as prepare_stdlib
+
+TINY_MODEL = ["--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
+              "--eval_iters=2", "--eval_interval=2", "--log_interval=1", "--warmup_iters=2"]
+FIELDS = {"name", "stage", "model", "command", "seed", "lr", "max_iters", "final_val_loss",
+          "final_train_loss", "best_val_loss", "elapsed_s", "curve", "machine"}
+
+
+def write_library(directory, n_modules=19) -> dict:
+    """A small standard library: modules, a Latin-1 file, and files that are not part of it.
+    Returns the text prepare should read from each file, by relative path."""
+    texts = {f"pkg/mod{i:02d}.py": f"def f{i}(x):\n    return x * {i}  # é\n" * 3
+             for i in range(n_modules)}
+    texts["abc.py"] = "no newline at the end"
+    for path, text in texts.items():
+        (directory / path).parent.mkdir(parents=True, exist_ok=True)
+        (directory / path).write_text(text, encoding="utf-8")
+    (directory / "latin1.py").write_bytes(b"s = '\xe9'\n")  # not UTF-8
+    texts["latin1.py"] = "s = '\ufffd'\n"
+    for skipped in ("site-packages/x.py", "pkg/__pycache__/y.py", "notes.txt"):
+        (directory / skipped).parent.mkdir(parents=True, exist_ok=True)
+        (directory / skipped).write_text("skipped")
+    return texts
+
+
+def test_stdlib_prepare_on_a_small_directory(tmp_path):
+    texts = write_library(tmp_path / "lib")
+    prepare_stdlib(str(tmp_path), str(tmp_path / "lib"))
+    meta = json.loads((tmp_path / "meta.json").read_text())
+
+    def decode(split):
+        ids = np.fromfile(tmp_path / f"{split}.bin", dtype=np.uint16)
+        return "".join(meta["chars"][i] for i in ids)
+
+    def corpus(paths):
+        return "".join(f"# ==== {path} ====\n{texts[path]}" for path in paths)
+
+    paths = sorted(texts)  # abc.py, latin1.py, pkg/mod00.py, ...: 21 files, the 10th and 20th val
+    assert decode("val") == corpus(paths[9::10])
+    assert decode("train") == corpus(p for i, p in enumerate(paths) if i % 10 != 9)
+    characters = len(decode("train")) + len(decode("val"))
+    assert meta["chars"] == sorted(set(corpus(paths))) and meta["vocab_size"] == len(meta["chars"])
+    assert (meta["tokenizer"], meta["python_version"]) == ("char", sys.version)
+    assert (meta["files"], meta["characters"]) == (21, characters)
+
+
+def test_stdlib_prepare_refuses_more_characters_than_uint16_ids(tmp_path):
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "wide.py").write_text("".join(map(chr, range(0x10000, 0x10000 + 70000))),
+                                              encoding="utf-8")
+    with pytest.raises(SystemExit, match="more than uint16"):
+        prepare_stdlib(str(tmp_path), str(tmp_path / "lib"))
+
+
+def tiny_study(tmp_path, data_root) -> dict:
+    return {**study.STUDY, "flags": TINY_MODEL + [f"--data_root={data_root}"], "steps": 4,
+            "stdlib_steps": 4, "mot_sizes": [(4, 2)], "controller_init_stds": [0.02, 0.25],
+            "temperatures": [0.3], "n_dense_layers": 1, "lrs": [1e-3, 2e-3], "seeds": [0, 1],
+            "results": str(tmp_path / "results" / "study.jsonl"),
+            "runs_dir": str(tmp_path / "runs"),
+            "plots": dict(final=str(tmp_path / "final.png"),
+                          python_stdlib=str(tmp_path / "stdlib.png"))}
+
+
+def read_lines(S) -> list:
+    with open(S["results"]) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture
+def tiny(tmp_path, data_root, monkeypatch):
+    """The tiny study, whose runs train in this process (train.main on one thread) rather than as
+    subprocesses: a tiny model's step is all overhead, and more threads only wait on a busy CPU."""
+    (data_root / "python_stdlib").mkdir()
+    write_library(tmp_path / "lib", n_modules=40)
+    prepare_stdlib(str(data_root / "python_stdlib"), str(tmp_path / "lib"))
+    monkeypatch.chdir(ROOT)  # the config files are relative to the repository root
+    monkeypatch.setattr(study, "launch", train.main)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield tiny_study(tmp_path, data_root)
+    torch.set_num_threads(threads)
+
+
+def test_the_study_runs_every_stage_once(tiny, tmp_path, capsys, monkeypatch):
+    study.main([], tiny)
+    lines = read_lines(tiny)
+    names = [line["name"] for line in lines]
+    results = {line["name"]: line for line in lines}
+    planned = {r["name"] for stage in study.STAGES for r in study.plan(tiny, results, stage)}
+    assert len(set(names)) == len(names) and set(names) == planned
+    # 6 screening (2 + 4 variants), 5 lr (+1 from screening), 10 final (3 or 4 from lr and
+    # screening), 6 python_stdlib
+    assert 23 <= len(lines) <= 24
+    stages = [line["stage"] for line in lines]
+    assert stages == sorted(stages, key=study.STAGES.index)
+    for line in lines:
+        assert FIELDS <= set(line) and not any("--out_dir" in arg for arg in line["command"])
+        curve = line["curve"]
+        assert curve["iter"] == [0, 2, 4] and line["final_val_loss"] == curve["val_loss"][-1]
+        assert line["best_val_loss"] == min(curve["val_loss"])
+        assert line["elapsed_s"] == curve["elapsed_s"][-1] and line["machine"]["threads"] == 1
+    # a line's command reproduces its losses
+    train.main(lines[-1]["command"] + [f"--out_dir={tmp_path / 'again'}"])
+    again = read_log(str(tmp_path / "again"))[-1]["val_loss"]
+    assert again == pytest.approx(lines[-1]["final_val_loss"], abs=1e-6)
+
+    monkeypatch.setattr(study, "launch", lambda args: pytest.fail(f"trained again: {args}"))
+    study.main([], tiny)
+    assert read_lines(tiny) == lines
+
+    capsys.readouterr()
+    study.main(["--table", "--plot"], tiny)
+    table = capsys.readouterr().out
+    final = study.plan(tiny, results, "final")
+    dense = [results[r["name"]] for r in final if r["model"] == "dense"]
+    losses = [line["final_val_loss"] for line in dense]
+    assert (f"| dense | {dense[0]['lr']:g} | 2 | {statistics.mean(losses):.4f} ± "
+            f"{statistics.stdev(losses):.4f} |") in table
+    assert "## python_stdlib" in table and study.RULE in table
+    assert os.path.getsize(tiny["plots"]["final"]) > 0
+    assert os.path.getsize(tiny["plots"]["python_stdlib"]) > 0
+
+
+def record(S, stage, losses, default=1.9) -> None:
+    """Record the stage's runs not done yet as if they had run, with final val loss
+    losses[name] (default otherwise), train loss 0.1 lower, and evaluations at steps 0, 2, 4."""
+    results = study.read_results(S)
+    os.makedirs(os.path.dirname(S["results"]), exist_ok=True)
+    while True:  # the screening plans its variants once its grid is recorded
+        todo = [r for r in study.plan(S, results, stage) if r["name"] not in results]
+        if not todo:
+            return
+        for run in todo:
+            loss = losses.get(run["name"], default)
+            curve = dict(iter=[0, 2, 4], val_loss=[4.0, loss + 0.1, loss],
+                         train_loss=[4.0, loss, loss - 0.1], elapsed_s=[0.0, 5.0, 10.0])
+            results[run["name"]] = dict(
+                run, final_val_loss=loss, final_train_loss=loss - 0.1, best_val_loss=loss,
+                elapsed_s=10.0, curve=curve,
+                machine=dict(cpu="test", cores=2, threads=1, torch="x"))
+            with open(S["results"], "a") as f:
+                f.write(json.dumps(results[run["name"]]) + "\n")
+
+
+def names(S, stage) -> list:
+    return [r["name"] for r in study.plan(S, study.read_results(S), stage)]
+
+
+def test_later_stages_choose_from_the_results_of_earlier_ones(tmp_path, capsys):
+    S = {**tiny_study(tmp_path, tmp_path), "temperatures": [1.0, 0.3]}
+    # screening: init 0.25 τ 0.3 is the best of the grid, init 0.02 τ 1 the second; the second's
+    # dropout variant then beats everything: it is the best MoT, the best grid model second
+    record(S, "screening", {"mot-e4-g2-init0.25-tau0.3-s0": 1.50,
+                            "mot-e4-g2-init0.02-tau1-s0": 1.60,
+                            "mot-e4-g2-init0.25-tau0.3-drop0.1-s0": 1.55,
+                            "mot-e4-g2-init0.25-tau0.3-dense1-s0": 1.52,
+                            "mot-e4-g2-init0.02-tau1-drop0.1-s0": 1.45})
+    assert names(S, "screening")[4:] == [
+        "mot-e4-g2-init0.25-tau0.3-drop0.1-s0", "mot-e4-g2-init0.25-tau0.3-dense1-s0",
+        "mot-e4-g2-init0.02-tau1-drop0.1-s0", "mot-e4-g2-init0.02-tau1-dense1-s0"]
+    best = "mot-e4-g2-init0.02-tau1-drop0.1"
+    assert names(S, "lr") == ["dense-s0", "dense-lr0.002-s0", f"{best}-s0",
+                              f"{best}-lr0.002-s0", "moe-top1-e8-s0", "moe-top1-e8-lr0.002-s0"]
+    with pytest.raises(study.Waiting, match="final waits for lr: 5 runs to go"):
+        names(S, "final")  # the best MoT's run at lr 1e-3 is its screening run
+    with pytest.raises(SystemExit, match="final waits for lr"):
+        study.main(["--stage", "final"], S)
+
+    # lr: dense is best at 2e-3, MoT and MoE at 1e-3 (the second MoT takes the best MoT's)
+    record(S, "lr", {"dense-s0": 1.70, "dense-lr0.002-s0": 1.65, f"{best}-lr0.002-s0": 1.60,
+                     "moe-top1-e8-s0": 1.50, "moe-top1-e8-lr0.002-s0": 1.55})
+    final = ["dense-lr0.002", best, "mot-e4-g2-init0.25-tau0.3", "moe-top1-e8", "moe-ec-e8"]
+    assert names(S, "final") == [f"{model}-s{seed}" for seed in (0, 1) for model in final]
+    runs = {r["name"]: r for r in study.plan(S, study.read_results(S), "final")}
+    assert {"--learning_rate=0.002", "--min_lr=0.0002"} <= set(
+        runs["dense-lr0.002-s1"]["command"])
+    assert "--moe_routing=expert_choice" in runs["moe-ec-e8-s1"]["command"]
+    # final: dense 1.65 (its lr run) and 1.63; the best MoT clearly lower, the second within the
+    # spread of its seeds, expert choice never reaches dense
+    record(S, "final", {"dense-lr0.002-s1": 1.63, f"{best}-s1": 1.47,
+                        "mot-e4-g2-init0.25-tau0.3-s1": 1.80, "moe-top1-e8-s1": 1.52,
+                        "moe-ec-e8-s0": 1.90, "moe-ec-e8-s1": 1.92})
+    # python_stdlib: the best MoT without dropout, on the other corpus
+    assert names(S, "python_stdlib")[:3] == ["stdlib-dense-lr0.002-s0",
+                                             "stdlib-mot-e4-g2-init0.02-tau1-s0",
+                                             "stdlib-moe-top1-e8-s0"]
+    mot_run = study.plan(S, study.read_results(S), "python_stdlib")[1]
+    assert mot_run["command"][0] == S["stdlib_config"] and "--dropout=0.0" in mot_run["command"]
+
+    capsys.readouterr()
+    study.main(["--table"], S)
+    rows = {row.split(" | ")[0][2:]: row for row in capsys.readouterr().out.splitlines()
+            if row.startswith("| ")}
+    assert rows["dense"].startswith("| dense | 0.002 | 2 | 1.6400 ± 0.0141 | 1.5400 ± 0.0141 |")
+    assert "| 4 (1 of 2 seeds) |" in rows["dense"]
+    assert rows[best].startswith(f"| {best} | 0.001 | 2 | 1.4600 ± 0.0141 |")
+    assert rows[best].endswith("| 2 | 10 ± 0 | **-0.1800** | **-0.1800** |")
+    assert rows["mot-e4-g2-init0.25-tau0.3"].endswith(
+        "| 2 (1 of 2 seeds) | 10 ± 0 | +0.0100 | +0.0100 |")
+    assert rows["moe-ec-e8 (not causal)"].endswith("| — | 10 ± 0 | **+0.2700** | **+0.2700** |")
+
+
+def test_dry_run_prints_the_protocols_first_commands(tmp_path, capsys):
+    study.main(["--dry_run"], {**study.STUDY, "results": str(tmp_path / "none.jsonl")})
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "# screening: 12 of 12 runs to do" and len(out) == 14
+    assert out[5] == ("python train.py config/train_shakespeare_char_cpu.py "
+                      "config/train_shakespeare_char_cpu_mot.py --n_experts=128 --group_size=32 "
+                      "--controller_init_std=0.08838834764831845 --temperature=0.3 --dropout=0.0 "
+                      "--n_dense_layers=0 --learning_rate=0.001 --min_lr=0.0001 --max_iters=2000 "
+                      "--lr_decay_iters=2000 --seed=0 --out_dir=out-study/mot-e128-g32-init0.088-"
+                      "tau0.3-s0")
+    assert out[13].startswith("lr waits for screening: 12 runs to go")
+
+
+def test_a_run_is_a_train_py_subprocess(tmp_path, data_root, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a tiny model: more threads only wait
+    S = tiny_study(tmp_path, data_root)
+    study.main(["--only", "mot-e4-g2-init0.02-tau0.3-s0"], S)
+    (line,) = read_lines(S)
+    assert line["name"] == "mot-e4-g2-init0.02-tau0.3-s0" and line["curve"]["iter"] == [0, 2, 4]
+    assert os.path.exists(tmp_path / "runs" / line["name"] / "ckpt.pt")
+    with pytest.raises(SystemExit, match="no run named dense-s9"):
+        study.main(["--only", "dense-s9"], S)
+    help_text = subprocess.run([sys.executable, "experiments/study.py", "--help"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout
+    assert "--stage" in help_text and "python_stdlib" in help_text
