@@ -6,8 +6,10 @@ Train a GPT whose FFN is dense, Mixture of Tokens or MoE. nanoGPT's conventions:
     torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py config/train_gpt2_mot.py
 
 Settings: the defaults in DEFAULTS, then each config/*.py file given (plain assignments), then
---key=value overrides, in order. Every eval appends a JSON line to out_dir/log.jsonl and saves
-out_dir/ckpt.pt; --init_from=resume continues from it exactly (same batches, same dropout).
+--key=value overrides, in order. Every setting is checked before anything is written. Every eval
+appends a JSON line to out_dir/log.jsonl and saves out_dir/ckpt.pt; --init_from=resume continues
+that run exactly (same batches, same dropout). A new run into a directory that holds ckpt.pt is
+refused, unless --overwrite=True.
 """
 
 import ast
@@ -16,17 +18,19 @@ import math
 import os
 import sys
 import time
+import traceback
 from contextlib import nullcontext
 from dataclasses import asdict, fields
 
 import numpy as np
 import torch
-from torch.distributed import destroy_process_group, init_process_group
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from mot import GPT, GPTConfig, MixtureOfExperts, MixtureOfTokens
 
 CUDA = torch.cuda.is_available()
+MODEL_FIELDS = tuple(f.name for f in fields(GPTConfig) if f.name != "vocab_size")
 DEFAULTS = dict(
     # I/O
     out_dir="out", eval_interval=250, log_interval=10, eval_iters=200, eval_only=False,
@@ -35,6 +39,8 @@ DEFAULTS = dict(
     init_from="scratch",
     # with init_from=<dir>: "discrete" | "token_choice" (GPT.to_sparse), with a fresh optimizer
     transition=None,
+    # a new run into an out_dir that holds ckpt.pt deletes that run (without it: an error)
+    overwrite=False,
     # data: data_root/dataset/{train,val}.bin and meta.json
     data_root=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"),
     dataset="shakespeare_char", gradient_accumulation_steps=1, batch_size=64,
@@ -53,6 +59,14 @@ DEFAULTS = dict(
            else "float32"),
     compile=False, seed=1337,
 )
+# What a resumed run may change: where things are, how long it trains, how often it evaluates and
+# logs, the learning-rate and temperature schedules. Every other setting comes from the checkpoint
+# (model, data, batches, optimizer, seed, dtype), and a value given that differs is an error.
+MAY_CHANGE_ON_RESUME = ("out_dir", "init_from", "overwrite", "data_root", "device", "compile",
+                        "eval_only", "max_iters", "eval_interval", "log_interval",
+                        "always_save_checkpoint", "learning_rate", "decay_lr", "warmup_iters",
+                        "lr_decay_iters", "min_lr", "grad_clip", "temperature_final")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def fail(message: str):
@@ -68,8 +82,10 @@ def parse_value(key: str, text: str, default):
 
 
 def check_type(key: str, value, default):
-    if default is None or value is None:
+    if default is None:  # None or a value: the checks below and GPTConfig's see to it
         return value
+    if value is None:
+        fail(f"--{key}=None: expected {type(default).__name__}, such as the default {default!r}")
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if type(value) is not type(default):
@@ -78,16 +94,35 @@ def check_type(key: str, value, default):
     return value
 
 
-def configure(argv: list) -> dict:
-    """DEFAULTS, updated by config files and --key=value arguments, in the order given."""
-    config = dict(DEFAULTS)
+def read_config_file(path: str) -> dict:
+    """The assignments of a config file; whatever is wrong with it, one line naming it."""
+    if not os.path.isfile(path):
+        fail(f"config file {path} " + ("is a directory: give a .py file of assignments"
+                                       if os.path.isdir(path) else "not found"))
+    try:
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+    except UnicodeDecodeError:
+        fail(f"config file {path} is not UTF-8 text: save it as UTF-8")
+    settings = {}
+    try:
+        exec(compile(source, path, "exec"), {}, settings)
+    except SyntaxError as e:
+        fail(f"config file {path}, line {e.lineno}: {e.msg}")
+    except Exception as e:  # the line of the file that raised, not of something it called
+        line = [frame.lineno for frame in traceback.extract_tb(e.__traceback__)
+                if frame.filename == path][-1]
+        fail(f"config file {path}, line {line}: {type(e).__name__}: {e}")
+    return {k: v for k, v in settings.items() if not k.startswith("_")}
+
+
+def configure(argv: list):
+    """DEFAULTS, updated by config files and --key=value arguments, in the order given; and the
+    set of keys that the files and arguments set."""
+    config, given = dict(DEFAULTS), set()
     for arg in argv:
         if not arg.startswith("--"):
-            if not os.path.exists(arg):
-                fail(f"config file {arg} not found")
-            settings = {}
-            exec(open(arg).read(), {}, settings)
-            updates = {k: v for k, v in settings.items() if not k.startswith("_")}
+            updates = read_config_file(arg)
         else:
             key, sep, text = arg[2:].partition("=")
             if not sep:
@@ -100,7 +135,81 @@ def configure(argv: list) -> dict:
             default = DEFAULTS[key]
             config[key] = (parse_value(key, value, default) if arg.startswith("--")
                            else check_type(key, value, default))
-    return config
+            given.add(key)
+    return config, given
+
+
+def settings_from_checkpoint(c: dict, given: set, checkpoint: dict, path: str, keys,
+                             may_change=()) -> dict:
+    """Set the settings `keys` of c to those the checkpoint at `path` was trained with. A value
+    given that differs is an error, unless its key is in may_change. Returns the changes,
+    {key: [checkpoint's value, new value]}."""
+    saved = {**checkpoint["config"], **checkpoint["model_args"]}
+    changes = {}
+    for key in keys:
+        if key not in given or key not in saved:
+            c[key] = saved.get(key, c[key])
+        elif c[key] != saved[key]:
+            if key not in may_change:
+                kept = ("a resumed run keeps all other settings (the README lists those that may "
+                        "change)" if may_change else "a converted run keeps its model and data")
+                fail(f"{key}={c[key]!r} contradicts {path}, trained with {key}={saved[key]!r}: "
+                     f"{kept}; drop the setting, or train a new run in another out_dir")
+            changes[key] = [saved[key], c[key]]
+    return changes
+
+
+def validate(c: dict, world_size: int, ckpt_path: str) -> None:
+    """Every check of the settings that needs neither data nor model (nothing is written yet)."""
+    rules = [  # (setting, holds, what it must be)
+        ("batch_size", c["batch_size"] >= 1, "must be >= 1"),
+        ("gradient_accumulation_steps", c["gradient_accumulation_steps"] >= 1
+         and c["gradient_accumulation_steps"] % world_size == 0,
+         f"must be a positive multiple of the number of processes ({world_size}): each process "
+         f"runs gradient_accumulation_steps/{world_size} micro-steps"),
+        ("eval_interval", c["eval_interval"] >= 1, "must be >= 1"),
+        ("eval_iters", c["eval_iters"] >= 1, "must be >= 1: an evaluation averages that many "
+                                             "batches"),
+        ("log_interval", c["log_interval"] >= 1, "must be >= 1"),
+        ("max_iters", c["max_iters"] >= 0, "must be >= 0"),
+        ("learning_rate", c["learning_rate"] >= 0, "must be >= 0"),
+        ("min_lr", c["min_lr"] >= 0, "must be >= 0"),
+        ("warmup_iters", c["warmup_iters"] >= 0, "must be >= 0"),
+        ("lr_decay_iters", not c["decay_lr"] or c["lr_decay_iters"] > c["warmup_iters"],
+         f"must be > warmup_iters={c['warmup_iters']} (the cosine decay runs from warmup_iters "
+         f"to lr_decay_iters), or set decay_lr=False"),
+        ("temperature_final", c["temperature_final"] is None
+         or isinstance(c["temperature_final"], (int, float)) and c["temperature_final"] > 0,
+         "must be > 0 (τ is annealed geometrically), or None for no annealing"),
+        ("lr_decay_iters", c["temperature_final"] is None or c["lr_decay_iters"] >= 1,
+         "must be >= 1: temperature_final is reached at lr_decay_iters"),
+        ("weight_decay", c["weight_decay"] >= 0, "must be >= 0"),
+        ("beta1", 0 <= c["beta1"] < 1, "must be in [0, 1)"),
+        ("beta2", 0 <= c["beta2"] < 1, "must be in [0, 1)"),
+        ("grad_clip", c["grad_clip"] >= 0, "must be >= 0 (0: no clipping)"),
+        ("dtype", c["dtype"] in DTYPES, f"must be one of {', '.join(DTYPES)}"),
+        ("transition", c["transition"] in (None, "discrete", "token_choice"),
+         "must be 'discrete' or 'token_choice'"),
+        ("transition", c["transition"] is None or c["init_from"] != "scratch",
+         "converts a MoT run: give that run's out_dir as --init_from=DIR"),
+        ("transition", c["transition"] is not None or c["init_from"] in ("scratch", "resume"),
+         f"--init_from={c['init_from']!r} starts from that run's checkpoint: add "
+         f"--transition=discrete or --transition=token_choice (or use scratch or resume)"),
+    ]
+    for key, holds, rule in rules:
+        if not holds:
+            fail(f"{key}={c[key]!r}: {rule}")
+    try:
+        device_type = torch.device(c["device"]).type
+    except RuntimeError:
+        fail(f"device={c['device']!r}: use cpu, cuda or cuda:N")
+    if device_type == "cuda" and not CUDA:
+        fail(f"device={c['device']!r}: CUDA is not available on this machine; use --device=cpu")
+    if os.path.exists(c["out_dir"]) and not os.path.isdir(c["out_dir"]):
+        fail(f"out_dir={c['out_dir']!r} is a file: give a directory")
+    if c["init_from"] != "resume" and os.path.exists(ckpt_path) and not c["overwrite"]:
+        fail(f"{ckpt_path} holds a run: continue it with --init_from=resume, or delete it and "
+             f"start over with --overwrite=True")
 
 
 def load_checkpoint(path: str, device: str):
@@ -130,25 +239,51 @@ def set_rng_state(state: dict, data_rng: torch.Generator) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+def gather_rng_states(data_rng: torch.Generator, world_size: int):
+    """Every process's random streams, in rank order, on rank 0 (elsewhere None): each draws its
+    own batches and dropout masks, and a resumed run gives each its own back."""
+    if world_size == 1:
+        return [rng_state(data_rng)]
+    states = [None] * world_size if dist.get_rank() == 0 else None
+    dist.gather_object(rng_state(data_rng), states, dst=0)
+    return states
+
+
 def load_data(data_root: str, dataset: str, block_size: int):
     """The train and val token arrays (memory-mapped) and meta.json written by
-    data/<dataset>/prepare.py."""
+    data/<dataset>/prepare.py, checked: whole uint16 tokens, more than block_size of them, and
+    every id below meta.json's vocab_size."""
     data_dir = os.path.join(data_root, dataset)
     prepare = f"python data/{dataset}/prepare.py"
-    splits = {}
-    for split in ("train", "val"):
-        path = os.path.join(data_dir, f"{split}.bin")
+    meta_path = os.path.join(data_dir, "meta.json")
+    paths = [os.path.join(data_dir, f"{split}.bin") for split in ("train", "val")]
+    for path in paths + [meta_path]:
         if not os.path.exists(path):
             fail(f"{path} not found: run `{prepare}` first")
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except ValueError as e:  # not UTF-8, or not JSON
+        fail(f"{meta_path} is not valid JSON ({e}): run `{prepare}` again")
+    if not (isinstance(meta, dict) and type(meta.get("vocab_size")) is int
+            and meta["vocab_size"] > 0 and meta.get("tokenizer") in ("char", "gpt2")):
+        fail(f"{meta_path} needs a positive integer vocab_size and a tokenizer ('char' or "
+             f"'gpt2'): run `{prepare}` again")
+    splits = {}
+    for split, path in zip(("train", "val"), paths):
+        size = os.path.getsize(path)
+        if size % 2:
+            fail(f"{path} has {size} bytes, not whole uint16 tokens (an interrupted write?): "
+                 f"run `{prepare}` again")
+        if size // 2 <= block_size:
+            fail(f"{path} holds {size // 2} tokens, fewer than block_size+1={block_size + 1}: "
+                 f"use a smaller block_size or more text")
         splits[split] = np.memmap(path, dtype=np.uint16, mode="r")
-        if len(splits[split]) <= block_size:
-            fail(f"{path} holds {len(splits[split])} tokens, fewer than "
-                 f"block_size+1={block_size + 1}")
-    meta_path = os.path.join(data_dir, "meta.json")
-    if not os.path.exists(meta_path):
-        fail(f"{meta_path} not found: run `{prepare}` first")
-    with open(meta_path) as f:
-        return splits, json.load(f)
+        largest = int(splits[split].max())
+        if largest >= meta["vocab_size"]:
+            fail(f"{path} holds token id {largest}, but {meta_path} has vocab_size="
+                 f"{meta['vocab_size']}: they come from different data; run `{prepare}` again")
+    return splits, meta
 
 
 def batch(data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator,
@@ -189,68 +324,84 @@ def get_temperature(it: int, c: dict) -> float:
     return c["temperature"] * (c["temperature_final"] / c["temperature"]) ** progress
 
 
-def setup_distributed(c: dict):
-    """(rank, world_size) of this process; under torchrun also joins the process group and splits
-    the gradient-accumulation steps between the processes."""
-    if int(os.environ.get("RANK", -1)) == -1:  # not launched by torchrun
-        return 0, 1
-    init_process_group(backend="nccl")
-    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    c["device"] = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    torch.cuda.set_device(c["device"])
-    if c["gradient_accumulation_steps"] % world_size:
-        fail(f"gradient_accumulation_steps={c['gradient_accumulation_steps']} must be a multiple "
-             f"of the number of processes ({world_size})")
-    c["gradient_accumulation_steps"] //= world_size
-    return rank, world_size
-
-
-def build_model(c: dict, meta: dict, ckpt_path: str):
-    """The GPT to train, and the checkpoint it resumes from (None for a new run)."""
-    if c["init_from"] == "resume":  # the architecture comes from the checkpoint
-        model, checkpoint = load_checkpoint(ckpt_path, c["device"])
-        return model.train(), checkpoint
-    if c["init_from"] == "scratch":
-        model_args = {f.name: c[f.name] for f in fields(GPTConfig) if f.name != "vocab_size"}
-        try:
-            return GPT(GPTConfig(**model_args, vocab_size=meta["vocab_size"])), None
-        except ValueError as e:
-            fail(str(e))
-    # transition tuning: a new run from a MoT checkpoint converted to run without mixing
-    source = os.path.join(c["init_from"], "ckpt.pt")
-    if c["transition"] is None:
-        fail(f"--init_from={c['init_from']!r} starts from that run's checkpoint: add "
-             f"--transition=discrete or --transition=token_choice (or use 'scratch' or 'resume')")
+def prepare_out_dir(c: dict, ckpt_path: str, log_path: str, resumed_iter) -> None:
+    """The first write of a run, after every check. A new run starts an empty log, after deleting
+    the checkpoint of the run it overwrites. A resumed run keeps the log lines up to its
+    checkpoint's iteration; those after it (evaluations that a crash cut off before their
+    checkpoint, or that saved none) are evaluated and written again."""
     try:
-        return load_checkpoint(source, c["device"])[0].to_sparse(c["transition"]).train(), None
-    except ValueError as e:
-        fail(f"{source}: {e}")
+        os.makedirs(c["out_dir"], exist_ok=True)
+        kept = []
+        if resumed_iter is None and os.path.exists(ckpt_path):  # --overwrite=True
+            os.remove(ckpt_path)
+        if resumed_iter is not None and os.path.exists(log_path):
+            with open(log_path) as f:  # a line without its newline was cut off: it is dropped
+                kept = [line for line in f
+                        if line.endswith("\n") and json.loads(line)["iter"] <= resumed_iter]
+        with open(log_path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(log_path + ".tmp", log_path)
+    except OSError as e:
+        fail(f"cannot write to out_dir={c['out_dir']!r} ({e.strerror}): choose another --out_dir")
 
 
 def main(argv: list) -> None:
-    c = configure(argv)
-    rank, world_size = setup_distributed(c)
+    c, given = configure(argv)
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     ddp, master = world_size > 1, rank == 0
-    device_type = "cuda" if "cuda" in c["device"] else "cpu"
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if c["dtype"] not in dtypes:
-        fail(f"--dtype={c['dtype']!r}: choose float32, bfloat16 or float16")
-    ptdtype = dtypes[c["dtype"]]
+    ckpt_path = os.path.join(c["out_dir"], "ckpt.pt")
+    log_path = os.path.join(c["out_dir"], "log.jsonl")
+
+    # a resumed run is the run in its checkpoint; a transition run keeps its source's model and
+    # data (the source's GPT is built here, before seeding: the seed's draws start below)
+    checkpoint, changes = None, {}
+    if c["init_from"] == "resume":
+        model, checkpoint = load_checkpoint(ckpt_path, "cpu")
+        changes = settings_from_checkpoint(c, given, checkpoint, ckpt_path,
+                                           [k for k in c if k not in ("out_dir", "init_from")],
+                                           MAY_CHANGE_ON_RESUME)
+        if len(checkpoint["rng"]) != world_size:
+            fail(f"{ckpt_path} was written by {len(checkpoint['rng'])} processes, this run has "
+                 f"{world_size}: resume with as many (torchrun --nproc_per_node="
+                 f"{len(checkpoint['rng'])}), each continues its own batches")
+    elif c["init_from"] != "scratch" and c["transition"] is not None:
+        source = os.path.join(c["init_from"], "ckpt.pt")
+        model, checkpoint = load_checkpoint(source, "cpu")
+        settings_from_checkpoint(c, given, checkpoint, source, MODEL_FIELDS + ("dataset",))
+    validate(c, world_size, ckpt_path)
+    device_type = torch.device(c["device"]).type
+    device = f"cuda:{os.environ['LOCAL_RANK']}" if ddp and device_type == "cuda" else c["device"]
+    if ddp:  # gradients are averaged across processes: NCCL between GPUs, gloo between CPUs
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    if device_type == "cuda":
+        torch.cuda.set_device(torch.device(device).index or 0)  # "cuda" below means this one
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    ptdtype = DTYPES[c["dtype"]]
     autocast = (nullcontext() if ptdtype == torch.float32
                 else torch.amp.autocast(device_type, dtype=ptdtype))
     torch.manual_seed(c["seed"] + rank)
     data_rng = torch.Generator().manual_seed(c["seed"] + rank)  # training batches only
-    if device_type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
 
-    # data, model, optimizer
+    # data, model, optimizer: the last checks, then the first write
     splits, meta = load_data(c["data_root"], c["dataset"], c["block_size"])
-    os.makedirs(c["out_dir"], exist_ok=True)
-    ckpt_path = os.path.join(c["out_dir"], "ckpt.pt")
-    log_path = os.path.join(c["out_dir"], "log.jsonl")
-    model, checkpoint = build_model(c, meta, ckpt_path)
+    if checkpoint is not None and meta != checkpoint["meta"]:
+        fail(f"{os.path.join(c['data_root'], c['dataset'], 'meta.json')} is not the meta.json "
+             f"the checkpoint was trained with (another tokenizer or vocabulary): give the "
+             f"data_root that holds its dataset {c['dataset']!r}")
+    if c["init_from"] == "scratch":
+        try:
+            model = GPT(GPTConfig(**{k: c[k] for k in MODEL_FIELDS},
+                                  vocab_size=meta["vocab_size"]))
+        except ValueError as e:
+            fail(str(e))
+    elif c["init_from"] != "resume":  # transition tuning: the MoT converted to run unmixed
+        try:
+            model = model.to_sparse(c["transition"])
+        except ValueError as e:
+            fail(f"{c['init_from']}: {e}")
     config = model.config
+    c.update({k: v for k, v in asdict(config).items() if k in c})  # the saved config = model's
     mot_layers = model.ffns(MixtureOfTokens)
     moe_layers = model.ffns(MixtureOfExperts)
     for layer in mot_layers:
@@ -261,72 +412,91 @@ def main(argv: list) -> None:
     if c["temperature_final"] is not None and (not mot_layers or config.learnable_temperature):
         fail("temperature_final anneals a fixed MoT temperature: use it with a MoT model and "
              "learnable_temperature=False")
-    model.to(c["device"])
+    causal = all(layer.causal for layer in moe_layers)
+    model.train().to(device)
     scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))
     optimizer = model.configure_optimizers(c["weight_decay"], c["learning_rate"],
                                            (c["beta1"], c["beta2"]), device_type)
-    iter_num, best_val_loss, elapsed_s = 0, float("inf"), 0.0
-    if checkpoint:
+    iter_num, best_val_loss, elapsed_s, resumed_at = 0, float("inf"), 0.0, None
+    if c["init_from"] == "resume":
         optimizer.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint["scaler"])
-        set_rng_state(checkpoint["rng"], data_rng)
+        set_rng_state(checkpoint["rng"][rank], data_rng)
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
-        elapsed_s = checkpoint["elapsed_s"]
-    elif master:
-        open(log_path, "w").close()  # a new run starts a new log
+        elapsed_s, resumed_at = checkpoint["elapsed_s"], iter_num
     checkpoint = None  # free memory
+    if master and not c["eval_only"]:
+        prepare_out_dir(c, ckpt_path, log_path, resumed_at)
+    if master:
+        print(f"{config.ffn} GPT: {model.get_num_params() / 1e6:.2f}M parameters, "
+              f"{model.get_num_active_params() / 1e6:.2f}M active per token, "
+              f"{model.flops_per_token() / 1e6:.1f} MFLOPs per token (fwd+bwd)")
+        if changes:
+            print("resumed at iter {}, changed: {}".format(iter_num, ", ".join(
+                f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())))
+        if not causal:
+            print(f"warning: this MoE (moe_routing={config.moe_routing!r}, capacity_factor="
+                  f"{config.capacity_factor}) is not causal: tokens compete for the experts with "
+                  f"later positions, so its val loss is better than a language model's could "
+                  f"be; a training baseline only (log.jsonl: causal false)", file=sys.stderr)
     raw_model = model
     if c["compile"]:
         model = torch.compile(model)
+    # rank 0 evaluates alone, so never through DDP, whose forward waits for the other processes
+    eval_model = model
     if ddp:
-        model = DDP(model, device_ids=[torch.device(c["device"]).index])
-    if master:
-        print(f"{config.ffn} GPT: {raw_model.get_num_params() / 1e6:.2f}M parameters, "
-              f"{raw_model.get_num_active_params() / 1e6:.2f}M active per token, "
-              f"{raw_model.flops_per_token() / 1e6:.1f} MFLOPs per token (fwd+bwd)")
+        model = DDP(model, device_ids=[torch.device(device).index] if device_type == "cuda"
+                    else None)
 
     @torch.no_grad()
     def evaluate() -> dict:
         """Mean LM loss (MoE aux loss excluded) over eval_iters batches, the same batches every
         time; also MoT's merge-weight entropy (normalised to [0, 1]) per layer on the val
-        batches."""
-        model.eval()
+        batches. Draws no random numbers."""
+        eval_model.eval()
         result = {}
         for split in ("train", "val"):
             losses = torch.zeros(c["eval_iters"])
             entropies = torch.zeros(c["eval_iters"], len(mot_layers))
             for k, (X, Y) in enumerate(eval_batches(splits[split], c)):
                 with autocast:
-                    _, loss = model(X, Y)
+                    _, loss = eval_model(X, Y)
                 losses[k] = loss.item()
                 entropies[k] = torch.tensor([m.merge_entropy() for m in mot_layers])
             result[f"{split}_loss"] = losses.mean().item()
         if mot_layers:
             result["merge_entropy"] = entropies.mean(0).tolist()
-        model.train()
+        eval_model.train()
         return result
 
-    def save() -> None:
+    def save(rng_states: list) -> None:
         save_checkpoint(dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
                              scaler=scaler.state_dict(), model_args=asdict(config),
                              iter_num=iter_num, best_val_loss=best_val_loss, elapsed_s=elapsed_s,
-                             config=c, meta=meta, rng=rng_state(data_rng)), ckpt_path)
+                             config=c, meta=meta, rng=rng_states), ckpt_path)
+
+    if c["eval_only"] and master:  # evaluate the model as it is and write nothing
+        losses = evaluate()
+        print(f"step {iter_num}: train loss {losses['train_loss']:.4f}, "
+              f"val loss {losses['val_loss']:.4f}")
 
     # the training loop: evaluate, log and checkpoint every eval_interval and at the end (not
     # again at the iteration a resumed run starts from), then one optimizer step
-    tokens_per_iter = (c["gradient_accumulation_steps"] * world_size * c["batch_size"]
-                       * c["block_size"])
-    resumed_at = iter_num if c["init_from"] == "resume" else None
+    accumulation_steps = c["gradient_accumulation_steps"] // world_size  # per process
+    tokens_per_iter = c["gradient_accumulation_steps"] * c["batch_size"] * c["block_size"]
     tokens_since_eval, time_since_eval, running_mfu = 0, 0.0, -1.0
-    while True:
+    while not c["eval_only"]:
         lr = get_lr(iter_num, c)
         for group in optimizer.param_groups:
             group["lr"] = lr
         if c["temperature_final"] is not None:
             for layer in mot_layers:
                 layer.log_temperature.fill_(math.log(get_temperature(iter_num, c)))
-        evaluation_due = iter_num % c["eval_interval"] == 0 or iter_num == c["max_iters"]
-        if evaluation_due and master and (iter_num != resumed_at or c["eval_only"]):
+        evaluate_now = ((iter_num % c["eval_interval"] == 0 or iter_num == c["max_iters"])
+                        and iter_num != resumed_at)
+        if evaluate_now:  # every process takes part (evaluation draws no random numbers)
+            rng_states = gather_rng_states(data_rng, world_size)
+        if evaluate_now and master:
             losses = evaluate()
             print(f"step {iter_num}: train loss {losses['train_loss']:.4f}, "
                   f"val loss {losses['val_loss']:.4f}")
@@ -334,26 +504,30 @@ def main(argv: list) -> None:
                           tokens_per_s=tokens_since_eval / time_since_eval if time_since_eval
                           else None,
                           aux_loss=raw_model.aux_loss.item() if moe_layers else None,
-                          temperature=[m.temperature.item() for m in mot_layers] or None)
+                          temperature=[m.temperature.item() for m in mot_layers] or None,
+                          causal=causal)
+            if changes:  # the first evaluation after a resume that changed settings says so
+                record["changed_on_resume"], changes = changes, {}
+            # the line first, then the checkpoint: a resumed run drops the lines past its
+            # checkpoint's iteration and writes them again, so no crash leaves a duplicate or gap
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             tokens_since_eval, time_since_eval = 0, 0.0
             improved = losses["val_loss"] < best_val_loss
             best_val_loss = min(best_val_loss, losses["val_loss"])
-            if (improved or c["always_save_checkpoint"]) and not c["eval_only"] and iter_num > 0:
-                save()
-        if c["eval_only"] or iter_num >= c["max_iters"]:
+            if (improved or c["always_save_checkpoint"]) and iter_num > 0:
+                save(rng_states)
+        if iter_num >= c["max_iters"]:
             break
 
         t0 = time.time()
-        for micro_step in range(c["gradient_accumulation_steps"]):
+        for micro_step in range(accumulation_steps):
             if ddp:  # synchronise gradients only on the last micro-step
-                last = micro_step == c["gradient_accumulation_steps"] - 1
-                model.require_backward_grad_sync = last
-            X, Y = batch(splits["train"], c["batch_size"], c["block_size"], data_rng, c["device"])
+                model.require_backward_grad_sync = micro_step == accumulation_steps - 1
+            X, Y = batch(splits["train"], c["batch_size"], c["block_size"], data_rng, device)
             with autocast:
                 _, lm_loss = model(X, Y)
-                loss = (lm_loss + raw_model.aux_loss) / c["gradient_accumulation_steps"]
+                loss = (lm_loss + raw_model.aux_loss) / accumulation_steps
             scaler.scale(loss).backward()
         if c["grad_clip"] != 0.0:
             scaler.unscale_(optimizer)
@@ -367,13 +541,13 @@ def main(argv: list) -> None:
         tokens_since_eval += tokens_per_iter
         time_since_eval += dt
         if iter_num % c["log_interval"] == 0 and master:
-            mfu = raw_model.estimate_mfu(c["batch_size"] * c["gradient_accumulation_steps"], dt)
+            mfu = raw_model.estimate_mfu(c["batch_size"] * accumulation_steps, dt)  # per process
             running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
             print(f"iter {iter_num}: loss {lm_loss_value:.4f}, time {dt * 1000:.1f}ms, "
                   f"{tokens_per_iter / dt:,.0f} tokens/s, mfu {running_mfu * 100:.2f}%")
         iter_num += 1
     if ddp:
-        destroy_process_group()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

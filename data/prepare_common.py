@@ -24,7 +24,10 @@ def read_or_download(path: str, url: str = SHAKESPEARE_URL) -> str:
                              f"then run this script again.")
         os.replace(path + ".tmp", path)
     with open(path, encoding="utf-8") as f:
-        return f.read()
+        text = f.read()
+    if not text:
+        raise SystemExit(f"error: {path} is empty: put the text to train on there")
+    return text
 
 
 def write_tokens(ids, path: str) -> None:

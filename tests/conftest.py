@@ -23,13 +23,17 @@ TINY = ["--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_
         "--warmup_iters=2", "--lr_decay_iters=20", "--dropout=0.1"]
 
 
+def make_data_root(path):
+    """path, made a data root with shakespeare_char prepared from a small generated corpus."""
+    (path / "shakespeare_char").mkdir(parents=True)
+    (path / "shakespeare_char" / "input.txt").write_text(CORPUS)
+    prepare_char(str(path / "shakespeare_char"))
+    return path
+
+
 @pytest.fixture
 def data_root(tmp_path):
-    """A data root with shakespeare_char prepared from a small generated corpus."""
-    (tmp_path / "shakespeare_char").mkdir()
-    (tmp_path / "shakespeare_char" / "input.txt").write_text(CORPUS)
-    prepare_char(str(tmp_path / "shakespeare_char"))
-    return tmp_path
+    return make_data_root(tmp_path)
 
 
 @pytest.fixture
