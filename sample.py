@@ -2,11 +2,14 @@
 Sample from a model trained by train.py:
 
     python sample.py --out_dir=out-shakespeare-char-cpu --start="ROMEO:" --num_samples=3
+    python sample.py --out_dir=out-shakespeare-char-cpu --start=FILE:prompt.txt --temperature=0
+
+--temperature=0 decodes greedily: each new token is the most likely one (top_k plays no part).
 
 The samples are generated together as one batch. For MoT this matters: the model mixes examples
 in groups of group_size, at each position, exactly as in training, so the samples of one group
 influence each other. When num_samples is not a multiple of group_size the batch is padded with
-zero rows , which also changes the real samples' outputs a little.
+zero rows, which also changes the real samples' outputs a little.
 """
 
 import argparse
@@ -52,13 +55,26 @@ def main(argv: Optional[list] = None) -> None:
     parser.add_argument("--num_samples", type=int, default=10)
     parser.add_argument("--max_new_tokens", type=int, default=500)
     parser.add_argument("--temperature", type=float, default=0.8,
-                        help="< 1 sharper, > 1 more random")
+                        help="< 1 sharper, > 1 more random, 0 greedy (always the most likely)")
     parser.add_argument("--top_k", type=int, default=200,
-                        help="keep only the top_k most likely tokens")
+                        help="keep only the top_k most likely tokens (>= 1)")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args(argv)
+    rules = [("num_samples", args.num_samples >= 1, "must be >= 1"),
+             ("max_new_tokens", args.max_new_tokens >= 0, "must be >= 0"),
+             ("temperature", args.temperature >= 0, "use 0 for greedy decoding or > 0"),
+             ("top_k", args.top_k >= 1, "keep at least 1 token")]
+    for name, holds, rule in rules:
+        if not holds:
+            fail(f"--{name}={getattr(args, name)}: {rule}")
+    try:
+        device_type = torch.device(args.device).type
+    except RuntimeError:
+        fail(f"--device={args.device!r}: use cpu, cuda or cuda:N")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        fail(f"--device={args.device}: CUDA is not available on this machine; use --device=cpu")
 
     torch.manual_seed(args.seed)
     try:
@@ -69,13 +85,17 @@ def main(argv: Optional[list] = None) -> None:
 
     start = args.start
     if start.startswith("FILE:"):
-        with open(start[5:], encoding="utf-8") as f:
-            start = f.read()
+        try:
+            with open(start[5:], encoding="utf-8") as f:
+                start = f.read()
+        except UnicodeDecodeError:
+            fail(f"--start={args.start}: the file is not UTF-8 text; save it as UTF-8")
+        except OSError as e:
+            fail(f"--start={args.start}: cannot read the file ({e.strerror})")
     ids = encode(start)
     if not ids:
         fail("--start is empty: give at least one token of prompt")
     x = torch.tensor(ids, dtype=torch.long, device=args.device).repeat(args.num_samples, 1)
-    device_type = "cuda" if "cuda" in args.device else "cpu"
     autocast = (nullcontext() if args.dtype == "float32"
                 else torch.amp.autocast(device_type, dtype=getattr(torch, args.dtype)))
     with autocast:
