@@ -1,0 +1,182 @@
+"""Runs as systems: killed at random instants, on two processes (DDP on CPU with gloo), in
+bfloat16, compiled. Tiny models; train.py in subprocesses where the process itself is the point."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+from conftest import ROOT, TINY
+
+# train.py whose checkpoint save says "saving", writes half the bytes, pauses, then the rest: a
+# kill right after that line lands inside the save, which must never cost the previous checkpoint.
+SLOW_SAVE = """
+import io, sys, time, torch, train
+real_save = torch.save
+def slow_save(obj, path):
+    print("saving", flush=True)
+    buffer = io.BytesIO()
+    real_save(obj, buffer)
+    data = buffer.getvalue()
+    with open(path, "wb") as f:
+        f.write(data[:len(data) // 2])
+        f.flush()
+        time.sleep(0.2)
+        f.write(data[len(data) // 2:])
+torch.save = slow_save
+train.main(sys.argv[1:])
+"""
+
+
+def read_log(out_dir) -> list:
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def losses(log: list) -> list:
+    return [(r["iter"], r["train_loss"], r["val_loss"], r["lr"]) for r in log]
+
+
+def test_killed_at_random_instants_the_run_ends_as_if_never_killed(data_root, tmp_path,
+                                                                    run_train):
+    """SIGKILL at random instants (after a random number of the run's output lines, and a
+    random pause), resumed each time: ckpt.pt always loads, and the final log and checkpoint
+    equal an uninterrupted run's. The checkpoint is saved only when val loss improves, and at
+    this learning rate it rises once: an evaluation without a checkpoint of its own."""
+    args = TINY + [f"--data_root={data_root}", "--ffn=mot", "--max_iters=20",
+                   "--learning_rate=0.03", "--always_save_checkpoint=False"]
+    reference = run_train(tmp_path / "reference", *args[len(TINY) + 1:])
+    improved = [r["val_loss"] < min(q["val_loss"] for q in reference[:i])
+                for i, r in enumerate(reference) if i > 0]
+    assert not all(improved) and any(improved)  # evaluations with and without a checkpoint
+
+    out = tmp_path / "killed"
+    ckpt = out / "ckpt.pt"
+    instants = random.Random(0)
+    kills, inside_save, killed_at = 0, 0, set()
+    while kills < 12:
+        resume = ["--init_from=resume"] if ckpt.exists() else []
+        process = subprocess.Popen([sys.executable, "-u", "-c", SLOW_SAVE, *args,
+                                    f"--out_dir={out}", *resume],
+                                   cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        lines = iter(process.stdout)
+        next(line for line in lines if "GPT:" in line)  # training starts after this line
+        for _ in range(instants.randint(0, 8)):  # "step", "iter" and "saving" lines
+            next(lines, None)
+        time.sleep(instants.uniform(0, 0.005))
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+        if process.returncode == 0:  # the run ended before its kill: 10 kills are enough
+            break
+        kills += 1
+        if (out / "ckpt.pt.tmp").exists():  # killed inside the save
+            inside_save += 1
+            os.remove(out / "ckpt.pt.tmp")
+        if ckpt.exists():
+            killed_at.add(torch.load(ckpt, weights_only=True)["iter_num"])
+    assert kills >= 10 and inside_save >= 2 and kills - inside_save >= 2 and len(killed_at) >= 3
+    subprocess.run([sys.executable, "train.py", *args, f"--out_dir={out}", "--init_from=resume"],
+                   cwd=ROOT, check=True, capture_output=True)
+    assert losses(read_log(out)) == losses(reference)  # every evaluation once, same losses
+    final = torch.load(ckpt, weights_only=True)["model"]
+    expected = torch.load(tmp_path / "reference" / "ckpt.pt", weights_only=True)["model"]
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+# torchrun target for the DDP test: train.py's main, recording what this process did, for the
+# test to compare across processes: its training inputs, its final parameters, its saves.
+PROBE = """
+import os, sys, torch
+sys.path.insert(0, os.getcwd())  # the repository root
+import train
+from mot import GPT
+inputs, models, saves = [], [], []
+forward = GPT.forward
+def recorded_forward(self, idx, *args, **kwargs):
+    if self.training:
+        inputs.append(idx.clone())
+        models[:] = [self]
+    return forward(self, idx, *args, **kwargs)
+GPT.forward = recorded_forward
+save_checkpoint = train.save_checkpoint
+def recorded_save(checkpoint, path):
+    saves.append(path)
+    save_checkpoint(checkpoint, path)
+train.save_checkpoint = recorded_save
+train.main(sys.argv[1:])
+torch.save(dict(inputs=inputs, params=models[0].state_dict(), saves=len(saves)),
+           os.path.join(os.environ["PROBE_DIR"], f"rank{os.environ['RANK']}.pt"))
+"""
+
+
+def torchrun(script, *args, **env):
+    """torchrun --standalone --nproc_per_node=2 script args, on CPU."""
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc_per_node=2", script, *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300,  # a process waiting for the other fails
+                            env=dict(os.environ, CUDA_VISIBLE_DEVICES="", **env))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_ddp_on_cpu_with_two_processes(data_root, tmp_path):
+    """torchrun with 2 CPU processes (gloo): the processes train on different batches and end
+    with identical parameters; only rank 0 writes; a 2-process run resumed continues exactly as
+    an uninterrupted one (each process gets its own random streams back). MoT with dropout: the
+    final evaluation on rank 0 alone must not wait for the other process."""
+    args = TINY + [f"--data_root={data_root}", "--ffn=mot", "--gradient_accumulation_steps=2"]
+    full, split = tmp_path / "full", tmp_path / "split"
+    (tmp_path / "probe.py").write_text(PROBE)
+    torchrun(str(tmp_path / "probe.py"), *args, "--max_iters=8", f"--out_dir={full}",
+             PROBE_DIR=str(tmp_path))
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert len(rank0["inputs"]) == len(rank1["inputs"]) == 8  # 2 micro-steps: 1 per process
+    assert not any(torch.equal(a, b) for a, b in zip(rank0["inputs"], rank1["inputs"]))
+    assert all(torch.equal(rank0["params"][k], rank1["params"][k]) for k in rank0["params"])
+    assert rank0["saves"] == 4 and rank1["saves"] == 0
+    assert sorted(os.listdir(full)) == ["ckpt.pt", "log.jsonl"]
+    log = read_log(full)
+    assert [r["iter"] for r in log] == [0, 2, 4, 6, 8]
+
+    torchrun("train.py", *args, "--max_iters=4", f"--out_dir={split}")
+    torchrun("train.py", *args, "--max_iters=8", f"--out_dir={split}", "--init_from=resume")
+    assert losses(read_log(split)) == losses(log)
+    expected = torch.load(full / "ckpt.pt", weights_only=True)
+    resumed = torch.load(split / "ckpt.pt", weights_only=True)
+    assert all(torch.equal(resumed["model"][k], v) for k, v in expected["model"].items())
+    assert not torch.equal(expected["rng"][0]["data"], expected["rng"][1]["data"])
+    with pytest.raises(SystemExit, match="nproc_per_node=2"):
+        train.main(args + [f"--out_dir={full}", "--init_from=resume", "--max_iters=10"])
+
+
+@pytest.mark.parametrize("ffn", ["dense", "mot", "moe"])
+def test_bfloat16_on_cpu_trains_close_to_float32(tmp_path, run_train, ffn):
+    """--dtype=bfloat16 (autocast on CPU) trains each FFN: its losses differ from float32's, by
+    less than bfloat16's precision allows for."""
+    args = [f"--ffn={ffn}", "--max_iters=6", "--learning_rate=1e-2"]
+    float32 = run_train(tmp_path / "float32", *args)
+    bfloat16 = run_train(tmp_path / "bfloat16", *args, "--dtype=bfloat16")
+    assert losses(bfloat16) != losses(float32)
+    for a, b in zip(bfloat16, float32):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=0.05)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=0.05)
+    assert bfloat16[-1]["train_loss"] < bfloat16[0]["train_loss"]
+
+
+def test_compiled_mot_trains_as_eager(tmp_path, run_train):
+    """--compile=True (torch.compile, inductor on CPU) trains MoT to the losses of eager mode,
+    up to float rounding. Without dropout: compiled code draws its masks from another
+    generator."""
+    args = ["--ffn=mot", "--max_iters=4", "--dropout=0.0"]
+    eager = run_train(tmp_path / "eager", *args)
+    compiled = run_train(tmp_path / "compiled", *args, "--compile=True")
+    for a, b in zip(compiled, eager):
+        assert a["iter"] == b["iter"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-4)
