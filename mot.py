@@ -131,6 +131,49 @@ def experts(tokens: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.T
     return torch.bmm(activation(torch.bmm(tokens, w1)), w2)
 
 
+# A token-choice MoE gives each expert a different number of tokens. Sorted by expert, the tokens
+# of expert e are rows offsets[e-1]:offsets[e], and torch's grouped_mm multiplies each such run of
+# rows by its expert's matrix in one call. It is wrapped in a custom op because torch.compile on a
+# CPU traces grouped_mm in bfloat16 only; for a custom op the compiler needs just the output's
+# shape (register_fake) and the backward (register_autograd), both given here.
+@torch.library.custom_op("mot::grouped_mm", mutates_args=())
+def _grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    return F.grouped_mm(a, b, offs=offsets)
+
+
+@_grouped_mm.register_fake
+def _(a, b, offsets):
+    if b.dim() == 3:  # (M, K) x (G, K, N) -> (M, N): the forward
+        return a.new_empty(a.shape[0], b.shape[2])
+    return a.new_empty(offsets.shape[0], a.shape[0], b.shape[1])  # (K, M) x (M, N): b's gradient
+
+
+def _grouped_mm_backward(ctx, grad):
+    a, b, offsets = ctx.saved_tensors
+    grad = grad.contiguous()  # grouped_mm rejects the stride-0 gradient of a sum
+    return _grouped_mm(grad, b.transpose(1, 2), offsets), _grouped_mm(a.t(), grad, offsets), None
+
+
+_grouped_mm.register_autograd(_grouped_mm_backward,
+                              setup_context=lambda ctx, inputs, output:
+                              ctx.save_for_backward(*inputs))
+
+
+def grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Row r of a (M, K), rows sorted by group, times b[its group] (G, K, N) -> (M, N); offsets
+    (G,) int32: where each group's rows end."""
+    if torch.is_autocast_enabled(a.device.type):  # autocast does not know grouped_mm: cast here
+        dtype = torch.get_autocast_dtype(a.device.type)
+        a, b = a.to(dtype), b.to(dtype)
+    align = 16 // a.element_size()  # grouped_mm wants 16-byte aligned rows, has no float64
+    if a.dtype != torch.float64 and a.shape[1] % align == 0 and b.shape[2] % align == 0:
+        return _grouped_mm(a, b, offsets)
+    # the same product, one (K, N) matrix gathered per row: for float64 (tests) and odd widths
+    group = torch.searchsorted(offsets, torch.arange(a.shape[0], device=a.device,
+                                                      dtype=offsets.dtype), right=True)
+    return torch.bmm(a.unsqueeze(1), b[group]).squeeze(1)
+
+
 def flop_matched(hidden: int, per: int, formula: str) -> int:
     """The FLOP-matched expert width hidden/per, or a ValueError naming the fix."""
     if hidden % per:
@@ -351,31 +394,29 @@ class MixtureOfExperts(nn.Module):
         xf = x.reshape(-1, C)  # (N, C)
         N = xf.shape[0]
         probs = torch.softmax(xf @ self.router, dim=-1)  # (N, E)
-        out = torch.zeros_like(xf)
         if self.expert_choice:
             capacity = min(N, math.ceil(N * k * (self.capacity_factor or 1.0) / E))
             gates, token = probs.t().topk(capacity, dim=1)  # (E, c): each expert picks its tokens
             y = experts(xf[token], self.w1, self.w2) * gates.unsqueeze(-1)  # (E, c, C)
-            out.index_add_(0, token.flatten(), y.view(-1, C))
+            out = y.new_zeros(N, C).index_add_(0, token.flatten(), y.view(-1, C))
             self.aux_loss = torch.zeros((), device=x.device)
             return self.dropout(out.view(B, T, C))
         gates, expert = probs.topk(k, dim=-1)  # (N, k)
-        # Assignments in priority order: every token's 1st choice, then every token's 2nd, ...
-        expert, gates = expert.t().flatten(), gates.t().flatten()  # (k*N,)
-        token = torch.arange(N, device=x.device).repeat(k)
-        one_hot = F.one_hot(expert, E)  # (k*N, E)
-        slot = ((one_hot.cumsum(0) - 1) * one_hot).sum(1)  # place in its expert's queue
-        load = one_hot.sum(0)  # (E,) assignments per expert
-        if self.capacity_factor is None:  # dropless: the buffer fits the busiest expert
-            capacity = int(load.max())
-        else:
+        # The N·k assignments in priority order, every token's 1st choice, then every 2nd, ...:
+        # assignment i is token i % N. Sorted by expert (stable: each queue keeps that order).
+        expert, gates = expert.t().reshape(-1), gates.t().reshape(-1)  # (kN,)
+        order = torch.argsort(expert, stable=True)  # (kN,)
+        load = torch.bincount(expert, minlength=E)  # (E,) assignments per expert
+        offsets = load.cumsum(0).to(torch.int32)  # expert e: sorted rows offsets[e-1]:offsets[e]
+        gates = gates[order]
+        if self.capacity_factor is not None:  # an expert serves the first `capacity` of its queue
             capacity = math.ceil(self.capacity_factor * N * k / E)
-        keep = slot < capacity
-        expert, gates, token, slot = expert[keep], gates[keep], token[keep], slot[keep]
-        place = expert * capacity + slot
-        buffer = xf.new_zeros(E * capacity, C).index_copy(0, place, xf[token])
-        y = experts(buffer.view(E, capacity, C), self.w1, self.w2).view(-1, C)[place]
-        out.index_add_(0, token, y * gates.unsqueeze(-1))
+            place = torch.arange(N * k, device=x.device) - (offsets - load)[expert[order]]
+            gates = gates * (place < capacity)  # dropped: computed, weighted 0 (shapes stay fixed)
+        hidden = activation(grouped_mm(xf.index_select(0, order % N), self.w1, offsets))  # kN, H
+        y = grouped_mm(hidden, self.w2, offsets) * gates.unsqueeze(-1)  # (kN, C), sorted
+        y = y.index_select(0, order.argsort())  # back to priority order: choice j of token n
+        out = y.view(k, N, C).sum(0)  # (N, C): each token's k weighted expert outputs
         # Switch load balancing: f_e = fraction of assignments to e, P_e = mean probability of e.
         self.aux_loss = self.aux_loss_coef * E * (load.float() / (N * k) * probs.mean(0)).sum()
         return self.dropout(out.view(B, T, C))

@@ -662,6 +662,62 @@ def test_moe_token_choice_matches_loop_reference(top_k):
     torch.testing.assert_close(layer(x), out)
 
 
+@pytest.mark.parametrize("top_k, capacity_factor", [(1, None), (2, None), (2, 0.5)])
+def test_moe_grouped_matmul_in_float32_matches_the_loop_reference(top_k, capacity_factor):
+    """In float32 with widths that are multiples of 4, the experts run in torch's grouped_mm
+    (float64 takes a gather-and-bmm path): the same outputs and gradients as the loop."""
+    layer = make_layer(ffn="moe", n_experts=4, moe_top_k=top_k, capacity_factor=capacity_factor,
+                       expert_size=16).float()
+    x = randn(4, 8, 8, seed=2).float().requires_grad_()
+    capacity = None if capacity_factor is None else math.ceil(capacity_factor * 32 * top_k / 4)
+    reference = make_layer(ffn="moe", n_experts=4, moe_top_k=top_k, expert_size=16,
+                           capacity_factor=capacity_factor)  # float64: the gather-and-bmm path
+    copy_weights(layer, reference)
+    expected, _ = loop_moe(reference, x.detach().double(), capacity)
+    out = layer(x)
+    torch.testing.assert_close(out, expected.float(), rtol=1e-5, atol=1e-6)
+    grads = ffn_grads(layer, x)
+    reference_grads = ffn_grads(reference.train(), x.detach().double())
+    for name in ("router", "w1", "w2"):
+        torch.testing.assert_close(grads[name], reference_grads[name].float(), rtol=1e-4,
+                                   atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(capacity_factor=1.0),
+                                       dict(moe_routing="expert_choice")])
+def test_moe_trains_under_bfloat16_autocast(overrides):
+    """bfloat16 autocast on a CPU: a MoE GPT's forward and backward run and give finite
+    gradients (the expert matmuls in bfloat16, the weights and their gradients in float32)."""
+    torch.manual_seed(0)
+    model = GPT(tiny_config(ffn="moe", n_layer=2, n_embd=16, n_head=2, moe_top_k=2, **overrides))
+    idx = torch.randint(0, 32, (4, 8), generator=generator(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss = model(idx, idx)
+    (loss + model.aux_loss).backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+               for p in model.parameters() if p.grad is not None)
+
+
+def test_compiled_moe_gpt_has_one_graph_and_no_recompiles():
+    """torch.compile(fullgraph=True) traces a token-choice MoE GPT whole (a graph break would
+    raise), and three batches with different routing run that one graph: the dispatch has no
+    data-dependent size. Losses equal eager mode's."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = GPT(tiny_config(ffn="moe", n_layer=2, n_embd=16, n_head=2, moe_top_k=2))
+    compiled = torch.compile(model, fullgraph=True)
+    for seed in range(3):
+        idx = torch.randint(0, 32, (4, 8), generator=generator(seed))
+        _, loss = compiled(idx, idx)
+        (loss + model.aux_loss).backward()
+        torch.testing.assert_close(loss, model(idx, idx)[1], rtol=1e-5, atol=1e-6)
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+
+
 @pytest.mark.parametrize("top_k, capacity_factor", [(1, 0.5), (2, 0.5), (2, 1.0), (1, 1.0)])
 def test_moe_capacity_drops_overflow_in_priority_order(top_k, capacity_factor):
     """With capacity ceil(cf·N·k/E), assignments beyond an expert's capacity (1st choices in
