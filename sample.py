@@ -8,8 +8,10 @@ Sample from a model trained by train.py:
 
 The samples are generated together as one batch. For MoT this matters: the model mixes examples
 in groups of group_size, at each position, exactly as in training, so the samples of one group
-influence each other. When num_samples is not a multiple of group_size the batch is padded with
-zero rows, which also changes the real samples' outputs a little.
+influence each other. When num_samples is not a multiple of group_size, the last group is filled
+with companions: windows of the training text the checkpoint was trained on, fed to the model
+token by token and not printed, so that every group is like a training batch. Without that data
+(or with --no-companions) the group is filled with zero rows, a group unlike any in training.
 """
 
 import argparse
@@ -17,10 +19,11 @@ import os
 from contextlib import nullcontext
 from typing import Callable, Optional, Tuple
 
+import numpy as np
 import tiktoken
 import torch
 
-from mot import GPT
+from mot import GPT, MixtureOfTokens
 
 
 def fail(message: str):
@@ -46,6 +49,25 @@ def load_tokenizer(meta: dict) -> Tuple[Callable[[str], list], Callable[[list], 
     return encode, lambda ids: "".join(meta["chars"][i] for i in ids)
 
 
+def companions(model: GPT, checkpoint: dict, num_samples: int, length: int,
+               generator: torch.Generator) -> Optional[torch.Tensor]:
+    """Windows (K, length) of the checkpoint's training text that make num_samples whole MoT
+    groups; None when they are not needed (dense, MoE, whole groups) or the data is missing."""
+    group_size = max([m.group_size for m in model.ffns(MixtureOfTokens)], default=1)
+    count = -num_samples % group_size
+    if count == 0:
+        return None
+    path = os.path.join(checkpoint["config"]["data_root"], checkpoint["config"]["dataset"],
+                        "train.bin")
+    if not os.path.exists(path) or os.path.getsize(path) // 2 <= length:
+        print(f"note: no training text at {path} to fill the MoT group of {group_size}: padding "
+              f"with {count} zero rows instead, which changes the samples")
+        return None
+    data = np.memmap(path, dtype=np.uint16, mode="r")
+    starts = torch.randint(len(data) - length, (count,), generator=generator).tolist()
+    return torch.stack([torch.from_numpy(data[i:i + length].astype(np.int64)) for i in starts])
+
+
 def main(argv: Optional[list] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -61,6 +83,8 @@ def main(argv: Optional[list] = None) -> None:
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--companions", action=argparse.BooleanOptionalAction, default=True,
+                        help="MoT: fill a partial group with training text (else zero rows)")
     args = parser.parse_args(argv)
     rules = [("num_samples", args.num_samples >= 1, "must be >= 1"),
              ("max_new_tokens", args.max_new_tokens >= 0, "must be >= 0"),
@@ -96,10 +120,14 @@ def main(argv: Optional[list] = None) -> None:
     if not ids:
         fail("--start is empty: give at least one token of prompt")
     x = torch.tensor(ids, dtype=torch.long, device=args.device).repeat(args.num_samples, 1)
+    generator = torch.Generator().manual_seed(args.seed)
+    fill = (companions(model, checkpoint, args.num_samples, len(ids) + args.max_new_tokens,
+                       generator) if args.companions else None)
     autocast = (nullcontext() if args.dtype == "float32"
                 else torch.amp.autocast(device_type, dtype=getattr(torch, args.dtype)))
     with autocast:
-        y = model.generate(x, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k)
+        y = model.generate(x, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                           companions=fill)
     for row in y.tolist():
         print(decode(row))
         print("---------------")

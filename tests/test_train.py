@@ -10,6 +10,7 @@ import torch
 
 import sample
 import train
+from mot import GPT
 
 from conftest import CORPUS, ROOT, SHARED
 
@@ -116,16 +117,30 @@ def test_checkpoint_loads_weights_only_and_save_is_atomic(tmp_path, monkeypatch,
     assert torch.load(path, weights_only=True)["iter_num"] == 2
 
 
-def test_sample_prints_samples_for_a_partial_group(tmp_path, capsys, run_train):
-    """3 samples from a MoT with group_size 2 (a padded group) all start with the prompt."""
+def test_sample_prints_samples_for_a_partial_group(tmp_path, capsys, run_train, monkeypatch,
+                                                   data_root):
+    """3 samples from a MoT with group_size 2 all start with the prompt. The partial group is
+    filled with one companion, a window of the training text as long as a sample, unless
+    --no-companions or the training data is gone (zero padding, with a note)."""
     out = tmp_path / "out"
     run_train(out, "--ffn=mot", "--max_iters=2")
-    capsys.readouterr()
-    sample.main([f"--out_dir={out}", "--start=Speak", "--num_samples=3", "--max_new_tokens=5",
-                 "--device=cpu"])
-    samples = capsys.readouterr().out.split("---------------\n")[:-1]
-    assert len(samples) == 3 and all(s.startswith("Speak") and len(s) == len("Speak") + 5 + 1
-                                     for s in samples)
+    filled, generate = [], GPT.generate
+    monkeypatch.setattr(GPT, "generate", lambda self, *a, companions=None, **k:
+                        filled.append(companions) or generate(self, *a, companions=companions, **k))
+    args = [f"--out_dir={out}", "--start=Speak", "--num_samples=3", "--max_new_tokens=5",
+            "--device=cpu"]
+    for extra in ([], ["--no-companions"]):
+        capsys.readouterr()
+        sample.main(args + extra)
+        samples = capsys.readouterr().out.split("---------------\n")[:-1]
+        assert len(samples) == 3 and all(s.startswith("Speak") and len(s) == len("Speak") + 5 + 1
+                                         for s in samples)
+    train_text = (data_root / "shakespeare_char" / "train.bin").read_bytes()
+    window = np.frombuffer(bytes(filled[0].numpy().astype(np.uint16)), dtype=np.uint16)
+    assert filled[0].shape == (1, 10) and bytes(window) in train_text and filled[1] is None
+    os.remove(data_root / "shakespeare_char" / "train.bin")
+    sample.main(args)
+    assert "zero rows" in capsys.readouterr().out and filled[2] is None
 
 
 def files(directory) -> dict:
