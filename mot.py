@@ -277,7 +277,8 @@ class MixtureOfTokens(nn.Module):
         B, T, C = x.shape
         G, E = self.group_size, self.controller.shape[1]
         x = self.pad_to_groups(x)
-        groups = x.view(-1, G, T, C).transpose(1, 2)  # (n, T, G, C)  1. group
+        # one copy into this layout: the matmuls of steps 2 and 3 would each make their own
+        groups = x.view(-1, G, T, C).transpose(1, 2).contiguous()  # (n, T, G, C)  1. group
         logits = groups @ self.controller  # (n, T, G, E)  2. controller scores
         weights = self.get_merge_weights(logits)  # (n, T, G, E)     sum to 1 over G
         merged = weights.transpose(2, 3) @ groups  # (n, T, E, C)  3. merge
