@@ -546,7 +546,8 @@ def main(argv: list) -> None:
             print(f"iter {iter_num}: loss {lm_loss_value:.4f}, time {dt * 1000:.1f}ms, "
                   f"{tokens_per_iter / dt:,.0f} tokens/s, mfu {running_mfu * 100:.2f}%")
         iter_num += 1
-    if ddp:
+    if ddp:  # leave together, once rank 0 has written its last evaluation and checkpoint
+        dist.barrier()
         dist.destroy_process_group()
 
 
