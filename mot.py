@@ -17,7 +17,6 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.utils import skip_init
 
 INIT_STD = 0.02  # GPT-2's init: N(0, 0.02) for every weight matrix
 
@@ -189,12 +188,14 @@ class MLP(nn.Module):
     def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = False,
                  residual_init_std: float = INIT_STD):
         super().__init__()
-        # skip_init: reset_parameters draws the weights, nn.Linear's own init would be discarded
-        self.c_fc = skip_init(nn.Linear, n_embd, 4 * n_embd, bias=bias)
-        self.c_proj = skip_init(nn.Linear, 4 * n_embd, n_embd, bias=bias)
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
         self.dropout = nn.Dropout(dropout)
         self.residual_init_std = residual_init_std
-        self.reset_parameters()
+        # GPT draws these weights again, as nanoGPT does: drawing them here from a forked random
+        # stream leaves GPT's stream, and so its weights for a given seed, exactly nanoGPT's
+        with torch.random.fork_rng():
+            self.reset_parameters()
 
     @classmethod
     def from_config(cls, config: GPTConfig) -> "MLP":

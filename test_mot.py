@@ -847,6 +847,12 @@ def test_dense_gpt_init_is_nanogpts_draw_for_draw():
     }
     for name, values in expected.items():
         assert params[name].flatten()[:3].tolist() == values, name
+    torch.manual_seed(0)  # with biases, nn.Linear's own init draws more numbers first
+    params = dict(GPT(tiny_config(ffn="dense", n_layer=2, n_head=2, n_embd=16, bias=True))
+                  .named_parameters())
+    assert params["transformer.h.1.ffn.c_fc.weight"].flatten()[:3].tolist() == [
+        -0.026797963306307793, -0.03115566447377205, -0.03415827080607414]
+    assert params["transformer.h.1.ffn.c_fc.bias"].abs().max() == 0
 
 
 @pytest.mark.parametrize("kind", FFNS)
