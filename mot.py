@@ -305,10 +305,12 @@ class MixtureOfTokens(nn.Module):
         zero rows, so that one sequence can be decoded; the zero rows take part in the softmax,
         so the real rows' outputs differ from those in a group of real examples."""
         B, G = x.shape[0], self.group_size
-        if B % G and self.training:
+        if B % G == 0:
+            return x
+        if self.training:
             raise ValueError(f"MoT: batch size {B} is not divisible by group_size={G}; use a "
                              f"batch size that is a multiple of {G} or change group_size")
-        return F.pad(x, (0, 0, 0, 0, 0, -B % G))
+        return F.pad(x, (0, 0, 0, 0, 0, G - B % G))
 
     def merge_entropy(self) -> float:
         """Mean entropy of the last forward's merge weights over each group, divided by log(G):
