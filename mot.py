@@ -575,7 +575,8 @@ class GPT(nn.Module):
         """A new GPT whose MoT layers do not mix examples, for transition tuning, weights copied:
         "discrete": the same layers with one-hot argmax merge weights (the τ → 0 limit);
         "token_choice": top-k token-choice MoE layers, k = E/G (the same expert FLOPs per token),
-        whose experts are the MoT experts and whose router is the MoT controller.
+        whose experts are the MoT experts and whose router is the MoT controller divided by τ:
+        the logits MoT's softmax saw (this halves the loss spike at the switch; RESULTS.md).
         The new GPT has this one's dtype, device and training mode."""
         cfg = self.config
         if FFNS[cfg.ffn] is not MixtureOfTokens:
@@ -590,9 +591,13 @@ class GPT(nn.Module):
         else:
             raise ValueError(f"routing={routing!r}: use 'discrete' or 'token_choice'")
         state = self.state_dict()
-        if routing == "token_choice":  # the controller becomes the router; MoE has no τ
-            state = {name.replace(".ffn.controller", ".ffn.router"): tensor
-                     for name, tensor in state.items() if not name.endswith(".log_temperature")}
+        if routing == "token_choice":  # the controller over τ becomes the router; MoE has no τ
+            state = {name: tensor for name, tensor in state.items()
+                     if not name.endswith((".ffn.controller", ".log_temperature"))}
+            for i, block in enumerate(self.transformer.h):
+                if isinstance(block.ffn, MixtureOfTokens):
+                    state[f"transformer.h.{i}.ffn.router"] = (
+                        block.ffn.controller / block.ffn.temperature).detach()
         weight = self.lm_head.weight
         sparse = GPT(sparse_config).to(device=weight.device, dtype=weight.dtype)
         sparse.load_state_dict(state)
