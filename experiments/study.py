@@ -8,6 +8,7 @@ seeded finals against dense and MoE, and a corpus that does not repeat.
     python experiments/study.py --dry_run         # print the commands instead of running them
     python experiments/study.py --table           # markdown tables from the results, no training
     python experiments/study.py --plot            # assets/cpu_study.png, python_stdlib_study.png
+    python experiments/study.py --docs            # the tables in README.md and RESULTS.md
 
 A run is `python train.py <command> --out_dir=out-study/<name>`, one at a time (timings stay
 honest on 2 cores). When it ends, one JSON line is appended to results/cpu_study.jsonl: name,
@@ -64,6 +65,7 @@ STUDY = dict(
     lrs=[5e-4, 1e-3, 2e-3], seeds=[0, 1, 2],
     results="results/cpu_study.jsonl", runs_dir="out-study",
     plots=dict(final="assets/cpu_study.png", python_stdlib="assets/python_stdlib_study.png"),
+    docs=["README.md", "RESULTS.md"],  # the documents whose tables --docs rewrites
 )
 STAGES = ("screening", "lr", "final", "python_stdlib")
 
@@ -275,21 +277,21 @@ RULE = ("Δ: the model's mean minus dense's. **Bold**: a difference we claim, be
         "otherwise the seeds cannot tell the two apart.")
 
 
-def runs_table(lines: list) -> None:
-    print("| run | lr | final val | final train | best val | seconds |\n|---|---|---|---|---|---|")
-    for line in lines:
-        print(f"| {line['name']} | {line['lr']:g} | {line['final_val_loss']:.4f} "
-              f"| {line['final_train_loss']:.4f} | {line['best_val_loss']:.4f} "
-              f"| {line['elapsed_s']:.0f} |")
+def runs_table(lines: list) -> str:
+    rows = [f"| {line['name']} | {line['lr']:g} | {line['final_val_loss']:.4f} "
+            f"| {line['final_train_loss']:.4f} | {line['best_val_loss']:.4f} "
+            f"| {line['elapsed_s']:.0f} |" for line in lines]
+    return "\n".join(["| run | lr | final val | final train | best val | seconds |",
+                      "|---|---|---|---|---|---|", *rows])
 
 
-def seeds_table(lines_by_model: dict) -> None:
+def seeds_table(lines_by_model: dict) -> str:
     """Mean ± std over seeds per model; steps to reach dense's mean final val loss; Δ vs dense."""
     dense = lines_by_model.get("dense")
     target = statistics.mean(line["final_val_loss"] for line in dense) if dense else None
     reaches = f"reaches dense's {target:.4f} at step" if dense else "reaches dense at step"
-    print(f"| model | lr | seeds | final val | final train | best val | {reaches} | seconds "
-          f"| Δ val | Δ train |\n|---|---|---|---|---|---|---|---|---|---|")
+    rows = [f"| model | lr | seeds | final val | final train | best val | {reaches} | seconds "
+            f"| Δ val | Δ train |", "|---|---|---|---|---|---|---|---|---|---|"]
     for model, lines in lines_by_model.items():
         def values(key):
             return [line[key] for line in lines]
@@ -301,35 +303,64 @@ def seeds_table(lines_by_model: dict) -> None:
         deltas = ([delta(values(key), [line[key] for line in dense])
                    for key in ("final_val_loss", "final_train_loss")]
                   if dense and model != "dense" else ["—", "—"])
-        print(f"| {LABELS.get(model, model)} | {lines[0]['lr']:g} | {len(lines)} "
-              f"| {mean_std(values('final_val_loss'))} | {mean_std(values('final_train_loss'))} "
-              f"| {mean_std(values('best_val_loss'))} | {reach} "
-              f"| {mean_std(values('elapsed_s'), 0)} | {deltas[0]} | {deltas[1]} |")
-    print(f"\n{RULE}")
+        rows.append(f"| {LABELS.get(model, model)} | {lines[0]['lr']:g} | {len(lines)} "
+                    f"| {mean_std(values('final_val_loss'))} "
+                    f"| {mean_std(values('final_train_loss'))} "
+                    f"| {mean_std(values('best_val_loss'))} | {reach} "
+                    f"| {mean_std(values('elapsed_s'), 0)} | {deltas[0]} | {deltas[1]} |")
+    return "\n".join(rows + ["", RULE])
 
 
-def tables(S: dict, results: dict) -> None:
-    """Each stage's table, computed from the results."""
-    for stage in STAGES:
-        print(f"\n## {stage}\n")
+def tables(S: dict, results: dict, stages=STAGES) -> str:
+    """Markdown: each stage's table, computed from the results, and the machines they ran on."""
+    parts = []
+    for stage in stages:
+        parts.append(f"**Stage {stage}.**")
         try:
             runs = plan(S, results, stage)
         except Waiting as e:
-            print(e)
+            parts.append(str(e))
             break
         lines_by_model = by_model(S, results, runs)
         lines = [line for lines in lines_by_model.values() for line in lines]
-        print(f"{len(lines)} of {len(runs)} runs done, {runs[0]['max_iters']} steps each.\n")
+        parts.append(f"{len(lines)} of {len(runs)} runs done, {runs[0]['max_iters']} steps each.")
         if stage == "screening":
-            runs_table(sorted(lines, key=lambda line: line["final_val_loss"]))
+            parts.append(runs_table(sorted(lines, key=lambda line: line["final_val_loss"])))
         elif stage == "lr":
-            runs_table(lines)
+            parts.append(runs_table(lines))
         else:
-            seeds_table(lines_by_model)
-    machines = Counter("{cpu}, {cores} cores, torch {torch}, threads {threads}".format(
+            parts.append(seeds_table(lines_by_model))
+    machines = Counter("{cpu}, {cores} cores, torch {torch}, {threads} threads".format(
         **line["machine"]) for line in results.values())
-    for description, count in machines.items():
-        print(f"\n{count} runs on {description}")
+    parts += [f"{count} runs on {description}." for description, count in machines.items()]
+    return "\n\n".join(parts)
+
+
+# In the documents of S["docs"], each block between a BEGIN line naming its stages and END is
+# rewritten by --docs; a test checks that the blocks equal what the results give.
+BEGIN, END = "<!-- tables by `python experiments/study.py --docs`, stages:", "<!-- end of tables -->"
+
+
+def doc_blocks(text: str):
+    """(start, end, stages) of each block of tables in a document's text: text[start:end] is
+    the block's content."""
+    position = 0
+    while (begin := text.find(BEGIN, position)) >= 0:
+        start = text.index("-->\n", begin) + 4
+        end = text.index(END, start)
+        yield start, end, text[begin + len(BEGIN):start - 4].split()
+        position = end
+
+
+def update_docs(S: dict, results: dict) -> None:
+    for doc in S["docs"]:
+        with open(os.path.join(ROOT, doc), encoding="utf-8") as f:  # doc itself when absolute
+            text = f.read()
+        for start, end, stages in reversed(list(doc_blocks(text))):  # later blocks first
+            text = text[:start] + tables(S, results, stages) + "\n" + text[end:]
+        with open(os.path.join(ROOT, doc), "w", encoding="utf-8") as f:
+            f.write(text)
+        print(f"updated the tables of {doc}")
 
 
 def plot(S: dict, results: dict) -> None:
@@ -384,13 +415,17 @@ def main(argv=None, S=STUDY) -> None:
     parser.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--table", action="store_true", help="print the tables, run nothing")
     parser.add_argument("--plot", action="store_true", help="write the plots, run nothing")
+    parser.add_argument("--docs", action="store_true",
+                        help="rewrite the tables in README.md and RESULTS.md, run nothing")
     args = parser.parse_args(argv)
-    if args.table or args.plot:
+    if args.table or args.plot or args.docs:
         results = read_results(S)
         if args.table:
-            tables(S, results)
+            print(tables(S, results))
         if args.plot:
             plot(S, results)
+        if args.docs:
+            update_docs(S, results)
         return
     run_study(S, [args.stage] if args.stage else STAGES, args.only, args.dry_run)
 

@@ -76,7 +76,8 @@ def tiny_study(tmp_path, data_root) -> dict:
             "results": str(tmp_path / "results" / "study.jsonl"),
             "runs_dir": str(tmp_path / "runs"),
             "plots": dict(final=str(tmp_path / "final.png"),
-                          python_stdlib=str(tmp_path / "stdlib.png"))}
+                          python_stdlib=str(tmp_path / "stdlib.png")),
+            "docs": [str(tmp_path / "doc.md")]}
 
 
 def read_lines(S) -> list:
@@ -126,15 +127,25 @@ def test_the_study_runs_every_stage_once(tiny, tmp_path, capsys, monkeypatch):
     study.main([], tiny)
     assert read_lines(tiny) == lines
 
+    doc = ("# Results\n" + study.BEGIN + " final python_stdlib -->\nold\n" + study.END + "\ntext\n"
+           + study.BEGIN + " screening -->\n" + study.END + "\n")
+    with open(tiny["docs"][0], "w") as f:
+        f.write(doc)
     capsys.readouterr()
-    study.main(["--table", "--plot"], tiny)
+    study.main(["--table", "--plot", "--docs"], tiny)
     table = capsys.readouterr().out
+    with open(tiny["docs"][0]) as f:
+        updated = f.read()
+    final_tables = study.tables(tiny, results, ["final", "python_stdlib"])
+    assert updated == doc.replace("old\n", final_tables + "\n").replace(
+        "screening -->\n", "screening -->\n" + study.tables(tiny, results, ["screening"]) + "\n")
+    assert final_tables in table and "**Stage screening.**" not in final_tables
     final = study.plan(tiny, results, "final")
     dense = [results[r["name"]] for r in final if r["model"] == "dense"]
     losses = [line["final_val_loss"] for line in dense]
     assert (f"| dense | {dense[0]['lr']:g} | 2 | {statistics.mean(losses):.4f} ± "
             f"{statistics.stdev(losses):.4f} |") in table
-    assert "## python_stdlib" in table and study.RULE in table
+    assert "**Stage python_stdlib.**" in table and study.RULE in table
     assert os.path.getsize(tiny["plots"]["final"]) > 0
     assert os.path.getsize(tiny["plots"]["python_stdlib"]) > 0
 
@@ -243,3 +254,17 @@ def test_a_run_is_a_train_py_subprocess(tmp_path, data_root, monkeypatch):
     help_text = subprocess.run([sys.executable, "experiments/study.py", "--help"], cwd=ROOT,
                                capture_output=True, text=True, check=True).stdout
     assert "--stage" in help_text and "python_stdlib" in help_text
+
+
+def test_the_docs_show_the_tables_of_the_recorded_study():
+    """README.md and RESULTS.md hold the tables that `study.py --docs` computes from
+    results/cpu_study.jsonl: no number in them is typed by hand."""
+    results = study.read_results(study.STUDY)
+    for doc in study.STUDY["docs"]:
+        with open(os.path.join(ROOT, doc), encoding="utf-8") as f:
+            text = f.read()
+        blocks = list(study.doc_blocks(text))
+        assert blocks, f"{doc} shows no study tables"
+        for start, end, stages in blocks:
+            assert text[start:end] == study.tables(study.STUDY, results, stages) + "\n", (
+                f"{doc}: run `python experiments/study.py --docs`")
