@@ -55,7 +55,7 @@ CPU_MOE = "config/train_shakespeare_char_cpu_moe.py"
 # copy of it (a tiny model in `flags`, a few steps, small grids, temporary paths) through main().
 STUDY = dict(
     config="config/train_shakespeare_char_cpu.py", steps=2000,
-    stdlib_config="config/train_python_stdlib_cpu.py", stdlib_steps=6000,
+    stdlib_config="config/train_python_stdlib_cpu.py", stdlib_steps=6000,  # on top of config
     flags=[],  # train.py arguments put after the config files of every run, before its own
     lr=1e-3,  # the CPU recipe's learning rate, screening's
     mot_sizes=[(128, 32), (32, 8)],  # (n_experts, group_size)
@@ -90,10 +90,11 @@ def mot(n_experts, group_size, controller_init_std, temperature, dropout=0.0, n_
 
 def make_run(S: dict, stage: str, model: Model, lr: float, seed: int, stdlib=False) -> dict:
     """A run as recorded: its name and the train.py arguments that reproduce it."""
-    config, steps = (S["stdlib_config"], S["stdlib_steps"]) if stdlib else (S["config"], S["steps"])
+    configs = [S["config"], S["stdlib_config"]] if stdlib else [S["config"]]
+    steps = S["stdlib_steps"] if stdlib else S["steps"]
     flags = dict(model.flags, learning_rate=lr, min_lr=lr / 10, max_iters=steps,
                  lr_decay_iters=steps, seed=seed)
-    command = ([config] + ([model.overlay] if model.overlay else []) + S["flags"]
+    command = (configs + ([model.overlay] if model.overlay else []) + S["flags"]
                + [f"--{key}={value}" for key, value in flags.items()])
     name = (("stdlib-" if stdlib else "") + model.name + (f"-lr{lr:g}" if lr != S["lr"] else "")
             + f"-s{seed}")
