@@ -799,13 +799,14 @@ def test_layers_stand_alone_from_plain_arguments():
 
 def test_layers_initialise_themselves_as_gpt2():
     """reset_parameters draws N(0, 0.02), and N(0, residual_init_std) for the projection back into
-    the residual stream (w2, c_proj); in a GPT that is 0.02/sqrt(2·n_layer)."""
+    the residual stream (w2, c_proj); in a GPT that is 0.02/sqrt(2·n_layer). MoT's controller
+    draws N(0, 1/sqrt(n_embd))."""
     torch.manual_seed(0)
     layers = [MixtureOfTokens(256, 32, 8, residual_init_std=0.005),
               MixtureOfExperts(256, 32, 2, residual_init_std=0.005)]
     for layer in layers:
         for name, p in layer.named_parameters():
-            expected = 0.005 if name == "w2" else 0.02
+            expected = {"w2": 0.005, "controller": 1 / 16}.get(name, 0.02)
             assert float(p.std()) == pytest.approx(expected, rel=0.02), name
             assert abs(float(p.mean())) < expected / 50, name
     mlp = MLP(256, residual_init_std=0.005)
@@ -813,18 +814,20 @@ def test_layers_initialise_themselves_as_gpt2():
     assert float(mlp.c_proj.weight.std()) == pytest.approx(0.005, rel=0.02)
     model = GPT(tiny_config(n_layer=8, n_embd=256, n_experts=32, group_size=8))
     assert float(model.transformer.h[0].ffn.w2.std()) == pytest.approx(0.005, rel=0.02)
-    assert float(model.transformer.h[0].ffn.controller.std()) == pytest.approx(0.02, rel=0.05)
+    assert float(model.transformer.h[0].ffn.controller.std()) == pytest.approx(256 ** -0.5,
+                                                                             rel=0.05)
 
 
-@pytest.mark.parametrize("std", [0.0625, 1.0])
-def test_controller_init_std_sets_the_controllers_initial_scale(std):
-    """GPTConfig.controller_init_std is the std of every MoT controller at init (the rest of the
-    layer is unchanged): it sets how peaked the merge weights start."""
+@pytest.mark.parametrize("std, expected", [(None, 1 / 16), (0.02, 0.02), (1.0, 1.0)])
+def test_controller_init_std_sets_the_controllers_initial_scale(std, expected):
+    """GPTConfig.controller_init_std is the std of every MoT controller at init, by default
+    1/sqrt(n_embd) (the rest of the layer is unchanged): it sets how peaked the merge weights
+    start."""
     torch.manual_seed(0)
     model = GPT(tiny_config(n_layer=2, n_embd=256, n_experts=64, group_size=8,
                             controller_init_std=std))
     for layer in model.ffns(MixtureOfTokens):
-        assert float(layer.controller.std()) == pytest.approx(std, rel=0.03)
+        assert float(layer.controller.std()) == pytest.approx(expected, rel=0.03)
         assert float(layer.w1.std()) == pytest.approx(0.02, rel=0.03)
 
 
