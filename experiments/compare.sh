@@ -8,7 +8,7 @@ mkdir -p assets
 ITERS=${ITERS:-2000}
 [ -f data/shakespeare_char/train.bin ] || python data/shakespeare_char/prepare.py
 CPU=config/train_shakespeare_char_cpu.py
-MOT="$CPU config/train_shakespeare_char_cpu_mot.py"  # E=128 G=32 τ=0.1
+MOT="$CPU config/train_shakespeare_char_cpu_mot.py"  # E=128 G=32 τ=0.3
 MOE="$CPU config/train_shakespeare_char_cpu_moe.py"  # top-1 E=8
 STEPS="--max_iters=$ITERS --lr_decay_iters=$ITERS"
 python train.py $CPU $STEPS --out_dir=out-cpu/dense
