@@ -581,7 +581,8 @@ class GPT(nn.Module):
         "discrete": the same layers with one-hot argmax merge weights (the τ → 0 limit);
         "token_choice": top-k token-choice MoE layers, k = E/G (the same expert FLOPs per token),
         whose experts are the MoT experts and whose router is the MoT controller divided by τ:
-        the logits MoT's softmax saw (this halves the loss spike at the switch; RESULTS.md).
+        the logits MoT's softmax saw (a lower spike at the switch than the raw controller, and
+        0.17 lower val loss after 300 steps of tuning on the CPU recipe; RESULTS.md).
         The new GPT has this one's dtype, device and training mode."""
         cfg = self.config
         if FFNS[cfg.ffn] is not MixtureOfTokens:

@@ -355,11 +355,12 @@ def doc_blocks(text: str):
 
 def update_docs(S: dict, results: dict) -> None:
     for doc in S["docs"]:
-        with open(os.path.join(ROOT, doc), encoding="utf-8") as f:  # doc itself when absolute
+        doc_path = os.path.join(ROOT, doc)  # doc itself when absolute
+        with open(doc_path, encoding="utf-8") as f:
             text = f.read()
         for start, end, stages in reversed(list(doc_blocks(text))):  # later blocks first
             text = text[:start] + tables(S, results, stages) + "\n" + text[end:]
-        with open(os.path.join(ROOT, doc), "w", encoding="utf-8") as f:
+        with open(doc_path, "w", encoding="utf-8") as f:
             f.write(text)
         print(f"updated the tables of {doc}")
 
