@@ -7,6 +7,7 @@ seeded finals against dense and MoE, and a corpus that does not repeat.
     python experiments/study.py --only dense-s1   # the named runs
     python experiments/study.py --dry_run         # print the commands instead of running them
     python experiments/study.py --table           # markdown tables from the results, no training
+    python experiments/study.py --at 400 1000     # val loss at these steps, per model, no training
     python experiments/study.py --plot            # assets/cpu_study.png, python_stdlib_study.png
     python experiments/study.py --docs            # the tables in README.md and RESULTS.md
 
@@ -315,8 +316,26 @@ def seeds_table(lines_by_model: dict) -> str:
     return "\n".join(rows + ["", RULE])
 
 
-def tables(S: dict, results: dict, stages=STAGES) -> str:
-    """Markdown: each stage's table, computed from the results, and the machines they ran on."""
+def curve_table(lines_by_model: dict, steps: list) -> str:
+    """Val loss at these steps per model: the mean and [min–max] over seeds (evaluations are
+    every eval_interval steps)."""
+    rows = ["| model | " + " | ".join(f"val at {step}" for step in steps) + " |",
+            "|---" * (len(steps) + 1) + "|"]
+    for model, lines in lines_by_model.items():
+        cells = []
+        for step in steps:
+            losses = [loss for line in lines
+                      for i, loss in zip(line["curve"]["iter"], line["curve"]["val_loss"])
+                      if i == step]
+            cells.append(f"{statistics.mean(losses):.3f} [{min(losses):.3f}–{max(losses):.3f}]"
+                         if losses else "—")  # a step this stage did not evaluate
+        rows.append(f"| {LABELS.get(model, model)} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def tables(S: dict, results: dict, stages=STAGES, at=None) -> str:
+    """Markdown: each stage's table, computed from the results, and the machines they ran on; with
+    `at` (steps), the seeded stages' val loss at those steps instead."""
     parts = []
     for stage in stages:
         parts.append(f"**Stage {stage}.**")
@@ -332,6 +351,8 @@ def tables(S: dict, results: dict, stages=STAGES) -> str:
             parts.append(runs_table(sorted(lines, key=lambda line: line["final_val_loss"])))
         elif stage == "lr":
             parts.append(runs_table(lines))
+        elif at:
+            parts.append(curve_table(lines_by_model, at))
         else:
             parts.append(seeds_table(lines_by_model))
     machines = Counter("{cpu}, {cores} cores, torch {torch}, {threads} threads".format(
@@ -419,14 +440,18 @@ def main(argv=None, S=STUDY) -> None:
     which.add_argument("--only", nargs="+", metavar="NAME", help="run only these runs")
     parser.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--table", action="store_true", help="print the tables, run nothing")
+    parser.add_argument("--at", nargs="+", type=int, metavar="STEP",
+                        help="print the val loss of the seeded stages at these steps, run nothing")
     parser.add_argument("--plot", action="store_true", help="write the plots, run nothing")
     parser.add_argument("--docs", action="store_true",
                         help="rewrite the tables in README.md and RESULTS.md, run nothing")
     args = parser.parse_args(argv)
-    if args.table or args.plot or args.docs:
+    if args.table or args.at or args.plot or args.docs:
         results = read_results(S)
         if args.table:
             print(tables(S, results))
+        if args.at:
+            print(tables(S, results, ("final", "python_stdlib"), at=args.at))
         if args.plot:
             plot(S, results)
         if args.docs:

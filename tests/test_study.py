@@ -230,6 +230,12 @@ def test_later_stages_choose_from_the_results_of_earlier_ones(tmp_path, capsys):
         "| 2 (1 of 2 seeds) | 10 ± 0 | +0.0100 | +0.0100 |")
     assert rows["moe-ec-e8 (not causal)"].endswith("| — | 10 ± 0 | **+0.2700** | **+0.2700** |")
 
+    # val loss at chosen steps: dense's seeds read 1.75 and 1.73 at step 2; step 3 was not evaluated
+    study.main(["--at", "2", "3"], S)
+    rows = {row.split(" | ")[0][2:]: row for row in capsys.readouterr().out.splitlines()
+            if row.startswith("| ")}
+    assert rows["dense"] == "| dense | 1.740 [1.730–1.750] | — |"
+
 
 def test_dry_run_prints_the_protocols_first_commands(tmp_path, capsys):
     study.main(["--dry_run"], {**study.STUDY, "results": str(tmp_path / "none.jsonl")})
