@@ -8,7 +8,6 @@ GPT. The README's "What Mixture of Tokens computes" is the specification: commen
 numbered steps 1-5.
 """
 
-import inspect
 import math
 import os
 from dataclasses import dataclass, replace
@@ -160,16 +159,27 @@ _grouped_mm.register_autograd(_grouped_mm_backward,
                               ctx.save_for_backward(*inputs))
 
 
+def runs_grouped_mm(device: torch.device, dtype: torch.dtype, k: int, n: int) -> bool:
+    """Whether torch's grouped_mm takes (M, k) x (G, k, n) inputs of this device and dtype: on
+    CUDA only bfloat16 on compute capability 8.0 or newer (its documented limit); on a CPU
+    float32, bfloat16 and float16; on both only rows of 16-byte multiples."""
+    align = 16 // dtype.itemsize
+    if k % align or n % align:
+        return False
+    if device.type == "cuda":
+        return dtype == torch.bfloat16 and torch.cuda.get_device_capability(device) >= (8, 0)
+    return device.type == "cpu" and dtype in (torch.float32, torch.bfloat16, torch.float16)
+
+
 def grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Row r of a (M, K), rows sorted by group, times b[its group] (G, K, N) -> (M, N); offsets
     (G,) int32: where each group's rows end."""
     if torch.is_autocast_enabled(a.device.type):  # autocast does not know grouped_mm: cast here
         dtype = torch.get_autocast_dtype(a.device.type)
         a, b = a.to(dtype), b.to(dtype)
-    align = 16 // a.element_size()  # grouped_mm wants 16-byte aligned rows, has no float64
-    if a.dtype != torch.float64 and a.shape[1] % align == 0 and b.shape[2] % align == 0:
+    if runs_grouped_mm(a.device, a.dtype, a.shape[1], b.shape[2]):
         return _grouped_mm(a, b, offsets)
-    # the same product, one (K, N) matrix gathered per row: for float64 (tests) and odd widths
+    # the same product elsewhere (float64, other devices and widths): a (K, N) matrix per row
     group = torch.searchsorted(offsets, torch.arange(a.shape[0], device=a.device,
                                                       dtype=offsets.dtype), right=True)
     return torch.bmm(a.unsqueeze(1), b[group]).squeeze(1)
@@ -250,7 +260,7 @@ class MixtureOfTokens(nn.Module):
         # the controller's scale sets how peaked the merge weights start: too small and every
         # token gets back its group's average, too large and the routing is one-hot from the start
         self.controller_init_std = controller_init_std or C ** -0.5
-        self.merge_weights: Optional[torch.Tensor] = None  # (B, T, E) of the last forward
+        self.merge_weights: Optional[torch.Tensor] = None  # (B, T, E), last eval-mode forward
         self.reset_parameters()
 
     @classmethod
@@ -291,7 +301,8 @@ class MixtureOfTokens(nn.Module):
         y = experts(merged.flatten(0, 1).transpose(0, 1), self.w1, self.w2)  # (E, nT, C)  4.
         y = y.transpose(0, 1).view(-1, T, E, C)  # (n, T, E, C)
         out = self.get_emit_weights(logits, weights) @ y  # (n, T, G, C)  5. emit
-        self.merge_weights = weights.detach().transpose(1, 2).reshape(-1, T, E)[:B]
+        if not self.training:  # kept for inspection (merge_entropy); a copy training skips
+            self.merge_weights = weights.detach().transpose(1, 2).reshape(-1, T, E)[:B]
         return self.dropout(out.transpose(1, 2).reshape(-1, T, C)[:B])  # (B, T, C)
 
     def get_merge_weights(self, logits: torch.Tensor) -> torch.Tensor:
@@ -318,11 +329,12 @@ class MixtureOfTokens(nn.Module):
         return F.pad(x, (0, 0, 0, 0, 0, G - B % G))
 
     def merge_entropy(self) -> float:
-        """Mean entropy of the last forward's merge weights over each group, divided by log(G):
-        1 = every expert takes the plain average of its group, 0 = one token per expert."""
+        """Mean entropy of the last eval-mode forward's merge weights over each group, divided
+        by log(G): 1 = every expert takes the plain average of its group, 0 = one token per
+        expert."""
         if self.merge_weights is None:
-            raise RuntimeError("merge_entropy() summarises the merge weights of the last forward: "
-                               "run the layer (or its GPT) on a batch first")
+            raise RuntimeError("merge_entropy() summarises the merge weights of the last eval-mode "
+                               "forward: call .eval() and run the layer (or its GPT) on a batch")
         G = self.group_size
         if G == 1:
             return 0.0
@@ -415,7 +427,8 @@ class MixtureOfExperts(nn.Module):
         # assignment i is token i % N. Sorted by expert (stable: each queue keeps that order).
         expert, gates = expert.t().reshape(-1), gates.t().reshape(-1)  # (kN,)
         order = torch.argsort(expert, stable=True)  # (kN,)
-        load = torch.bincount(expert, minlength=E)  # (E,) assignments per expert
+        # (E,) assignments per expert; not bincount, which waits for the GPU to size its output
+        load = expert.new_zeros(E).index_add_(0, expert, torch.ones_like(expert))
         offsets = load.cumsum(0).to(torch.int32)  # expert e: sorted rows offsets[e-1]:offsets[e]
         gates = gates[order]
         if self.capacity_factor is not None:  # an expert serves the first `capacity` of its queue
@@ -529,7 +542,10 @@ class GPT(nn.Module):
         if past + T > self.config.block_size:
             raise ValueError(f"sequence length {past + T} exceeds "
                              f"block_size={self.config.block_size}")
-        if not torch.compiler.is_compiling() and (idx.min() < 0 or idx.max() >= V):
+        # checked where ids come from outside (a call in eval mode, generate); in training they
+        # come from train.py's checked data, and the check would wait for the GPU every step
+        if not self.training and not torch.compiler.is_compiling() and (
+                idx.min() < 0 or idx.max() >= V):
             raise ValueError(f"token ids must be in [0, vocab_size={V}): got ids from "
                              f"{idx.min().item()} to {idx.max().item()}")
         pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
@@ -572,9 +588,10 @@ class GPT(nn.Module):
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        # one fused kernel for the whole update, where torch has one: at matched FLOPs MoT holds
+        # many more parameters than dense, and the for-loop update is a large part of its step
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas,
-                                 **(dict(fused=True) if fused else {}))
+                                 fused=device_type in ("cpu", "cuda"))
 
     def to_sparse(self, routing: str) -> "GPT":
         """A new GPT whose MoT layers do not mix examples, for transition tuning, weights copied:

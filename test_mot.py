@@ -55,9 +55,10 @@ def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def make_layer(seed=0, **overrides):
-    """An FFN layer (MoT by default) from tiny_config(**overrides), float64, random weights."""
+    """An FFN layer (MoT by default) from tiny_config(**overrides), float64, random weights, in
+    eval mode, where MoT keeps its merge weights for inspection (tiny_config has no dropout)."""
     config = tiny_config(**overrides)
-    return randomize_(FFNS[config.ffn].from_config(config).to(DT), seed)
+    return randomize_(FFNS[config.ffn].from_config(config).to(DT), seed).eval()
 
 
 def copy_weights(src: torch.nn.Module, dst: torch.nn.Module) -> None:
@@ -681,6 +682,64 @@ def test_moe_grouped_matmul_in_float32_matches_the_loop_reference(top_k, capacit
     for name in ("router", "w1", "w2"):
         torch.testing.assert_close(grads[name], reference_grads[name].float(), rtol=1e-4,
                                    atol=1e-6)
+
+
+@pytest.mark.parametrize("device, dtype, capability, expected", [
+    ("cuda", torch.bfloat16, (8, 0), True), ("cuda", torch.bfloat16, (9, 0), True),
+    ("cuda", torch.bfloat16, (7, 5), False), ("cuda", torch.float16, (8, 0), False),
+    ("cuda", torch.float32, (9, 0), False), ("cpu", torch.float32, None, True),
+    ("cpu", torch.bfloat16, None, True), ("cpu", torch.float16, None, True),
+    ("cpu", torch.float64, None, False), ("mps", torch.float32, None, False)])
+def test_moe_runs_grouped_mm_only_where_torch_supports_it(monkeypatch, device, dtype,
+                                                          capability, expected):
+    """grouped_mm on CUDA only in bfloat16 on compute capability >= 8.0 (faked here), on a CPU in
+    float32, bfloat16 and float16; the gather path everywhere else and for unaligned widths."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert mot.runs_grouped_mm(torch.device(device), dtype, 64, 32) == expected
+    assert not mot.runs_grouped_mm(torch.device(device), dtype, 64, 6)  # rows of 12 or 24 bytes
+
+
+def test_a_training_forward_reads_nothing_back_to_the_host(monkeypatch):
+    """In training mode no FFN kind's forward and backward reads a tensor's value on the host
+    (each read waits for the GPU); the id check runs in eval mode, MoT keeps its merge weights
+    only there."""
+    reads = []
+    for method in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        original = getattr(torch.Tensor, method)
+        monkeypatch.setattr(torch.Tensor, method,
+                            lambda self, *a, _o=original, _m=method: reads.append(_m) or _o(self, *a))
+    for kind in FFNS:
+        model = make_gpt(ffn=kind, n_experts=4, group_size=2, moe_top_k=2)
+        idx = random_tokens(model, 4, 8)
+        _, loss = model(idx, idx)
+        (loss + model.aux_loss).backward()
+        assert reads == [], (kind, reads)
+        assert all(layer.merge_weights is None for layer in model.ffns(MixtureOfTokens))
+    with pytest.raises(ValueError, match="vocab_size"):
+        model.eval()(idx + 1000)
+
+
+@pytest.mark.parametrize("kind", ["dense", "mot", "moe"])
+def test_fused_adamw_matches_the_for_loop_adamw(kind):
+    """configure_optimizers asks for torch's fused AdamW on a CPU; a few steps of it leave the
+    weights within float32 round-off of the plain for-loop AdamW's."""
+    models = [float32_gpt(kind).train() for _ in range(2)]
+    fused = models[0].configure_optimizers(0.1, 1e-2, (0.9, 0.99), "cpu")
+    assert fused.defaults["fused"]
+    loop = torch.optim.AdamW([dict(g, params=[dict(models[1].named_parameters())[n]
+                                              for n, p in models[0].named_parameters()
+                                              if any(p is q for q in g["params"])])
+                              for g in fused.param_groups], lr=1e-2, betas=(0.9, 0.99),
+                             foreach=False)
+    idx = random_tokens(models[0], 4, 8)
+    for _ in range(5):
+        for model, optimizer in zip(models, (fused, loop)):
+            _, loss = model(idx, idx)
+            (loss + model.aux_loss).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    torch.testing.assert_close(models[0].state_dict(), models[1].state_dict(), rtol=1e-5,
+                               atol=1e-6)
 
 
 @pytest.mark.parametrize("overrides", [dict(), dict(capacity_factor=1.0),
