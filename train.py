@@ -226,9 +226,9 @@ def save_checkpoint(checkpoint: dict, path: str) -> None:
     os.replace(path + ".tmp", path)
 
 
-def rng_state(data_rng: torch.Generator) -> dict:
+def rng_state(batches: "TrainBatches") -> dict:
     """The random streams training draws from: dropout (torch, cuda) and the batches (data)."""
-    return dict(torch=torch.get_rng_state(), data=data_rng.get_state(),
+    return dict(torch=torch.get_rng_state(), data=batches.state,
                 cuda=torch.cuda.get_rng_state_all() if CUDA else [])
 
 
@@ -239,20 +239,24 @@ def set_rng_state(state: dict, data_rng: torch.Generator) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def gather_rng_states(data_rng: torch.Generator, world_size: int):
+def gather_rng_states(batches: "TrainBatches", world_size: int):
     """Every process's random streams, in rank order, on rank 0 (elsewhere None): each draws its
     own batches and dropout masks, and a resumed run gives each its own back."""
     if world_size == 1:
-        return [rng_state(data_rng)]
+        return [rng_state(batches)]
     states = [None] * world_size if dist.get_rank() == 0 else None
-    dist.gather_object(rng_state(data_rng), states, dst=0)
+    dist.gather_object(rng_state(batches), states, dst=0)
     return states
+
+
+CHECKED_TOKENS = 1 << 20  # load_data reads this many tokens of a split, not all of a large one
 
 
 def load_data(data_root: str, dataset: str, block_size: int):
     """The train and val token arrays (memory-mapped) and meta.json written by
     data/<dataset>/prepare.py, checked: whole uint16 tokens, more than block_size of them, and
-    every id below meta.json's vocab_size."""
+    the ids of the first CHECKED_TOKENS below meta.json's vocab_size (files of other data show it
+    there; reading all of OpenWebText's would take minutes before the first step)."""
     data_dir = os.path.join(data_root, dataset)
     prepare = f"python data/{dataset}/prepare.py"
     meta_path = os.path.join(data_dir, "meta.json")
@@ -279,7 +283,7 @@ def load_data(data_root: str, dataset: str, block_size: int):
             fail(f"{path} holds {size // 2} tokens, fewer than block_size+1={block_size + 1}: "
                  f"use a smaller block_size or more text")
         splits[split] = np.memmap(path, dtype=np.uint16, mode="r")
-        largest = int(splits[split].max())
+        largest = int(splits[split][:CHECKED_TOKENS].max())
         if largest >= meta["vocab_size"]:
             fail(f"{path} holds token id {largest}, but {meta_path} has vocab_size="
                  f"{meta['vocab_size']}: they come from different data; run `{prepare}` again")
@@ -297,6 +301,21 @@ def batch(data: np.ndarray, batch_size: int, block_size: int, generator: torch.G
         return (x.pin_memory().to(device, non_blocking=True),
                 y.pin_memory().to(device, non_blocking=True))
     return x.to(device), y.to(device)
+
+
+class TrainBatches:
+    """A process's training batches, each drawn a step ahead of its use, so that on a GPU its copy
+    overlaps the compute. `state` is the data stream as it was before the batch drawn ahead: a
+    run resumed from it draws that batch again, as an uninterrupted run uses it."""
+
+    def __init__(self, data: np.ndarray, c: dict, generator: torch.Generator, device: str):
+        self.data, self.c, self.generator, self.device = data, c, generator, device
+        self.state = generator.get_state()
+
+    def next(self):
+        self.state = self.generator.get_state()
+        return batch(self.data, self.c["batch_size"], self.c["block_size"], self.generator,
+                     self.device)
 
 
 def eval_batches(data: np.ndarray, c: dict):
@@ -484,7 +503,9 @@ def main(argv: list) -> None:
     # again at the iteration a resumed run starts from), then one optimizer step
     accumulation_steps = c["gradient_accumulation_steps"] // world_size  # per process
     tokens_per_iter = c["gradient_accumulation_steps"] * c["batch_size"] * c["block_size"]
-    tokens_since_eval, time_since_eval, running_mfu = 0, 0.0, -1.0
+    tokens_since_eval, time_since_eval, running_mfu, steps_run = 0, 0.0, -1.0, 0
+    batches = TrainBatches(splits["train"], c, data_rng, device)
+    X, Y = batches.next()
     while not c["eval_only"]:
         lr = get_lr(iter_num, c)
         for group in optimizer.param_groups:
@@ -495,7 +516,7 @@ def main(argv: list) -> None:
         evaluate_now = ((iter_num % c["eval_interval"] == 0 or iter_num == c["max_iters"])
                         and iter_num != resumed_at)
         if evaluate_now:  # every process takes part (evaluation draws no random numbers)
-            rng_states = gather_rng_states(data_rng, world_size)
+            rng_states = gather_rng_states(batches, world_size)
         if evaluate_now and master:
             losses = evaluate()
             print(f"step {iter_num}: train loss {losses['train_loss']:.4f}, "
@@ -524,10 +545,10 @@ def main(argv: list) -> None:
         for micro_step in range(accumulation_steps):
             if ddp:  # synchronise gradients only on the last micro-step
                 model.require_backward_grad_sync = micro_step == accumulation_steps - 1
-            X, Y = batch(splits["train"], c["batch_size"], c["block_size"], data_rng, device)
             with autocast:
                 _, lm_loss = model(X, Y)
                 loss = (lm_loss + raw_model.aux_loss) / accumulation_steps
+            X, Y = batches.next()  # drawn and copied while the GPU runs the forward
             scaler.scale(loss).backward()
         if c["grad_clip"] != 0.0:
             scaler.unscale_(optimizer)
@@ -535,14 +556,16 @@ def main(argv: list) -> None:
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        lm_loss_value = lm_loss.item()  # of the last micro-step; .item() waits for the GPU
-        dt = time.time() - t0
+        dt = time.time() - t0  # without a GPU sync: the launch time, up to the log's .item()
         elapsed_s += dt
         tokens_since_eval += tokens_per_iter
         time_since_eval += dt
+        steps_run += 1
         if iter_num % c["log_interval"] == 0 and master:
-            mfu = raw_model.estimate_mfu(c["batch_size"] * accumulation_steps, dt)  # per process
-            running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
+            lm_loss_value = lm_loss.item()  # of the last micro-step; the only read of the step
+            if steps_run > 5:  # nanoGPT's warm-up: the first steps (compile) would skew the MFU
+                mfu = raw_model.estimate_mfu(c["batch_size"] * accumulation_steps, dt)
+                running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
             print(f"iter {iter_num}: loss {lm_loss_value:.4f}, time {dt * 1000:.1f}ms, "
                   f"{tokens_per_iter / dt:,.0f} tokens/s, mfu {running_mfu * 100:.2f}%")
         iter_num += 1

@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -254,3 +255,37 @@ def test_temperature_zero_samples_greedily(tmp_path, run_train, capsys):
     greedy = samples("--temperature=0", "--seed=1")
     assert greedy == samples("--temperature=0", "--seed=2") == samples("--top_k=1")
     assert greedy != samples("--temperature=1.0", "--seed=1")
+
+
+def test_the_loss_reaches_the_host_only_when_printed(tmp_path, run_train, monkeypatch, capsys):
+    """Outside evaluations a training step reads nothing back from the device (a read waits for
+    the GPU): the loss is read only at the log interval, for the line it prints."""
+    reads = []
+    original = torch.Tensor.item
+
+    def item(tensor):
+        caller = sys._getframe(1).f_code
+        if caller.co_filename == train.__file__ and caller.co_name != "evaluate":
+            reads.append(caller.co_name)
+        return original(tensor)
+
+    monkeypatch.setattr(torch.Tensor, "item", item)
+    run_train(tmp_path / "out", "--max_iters=6", "--eval_interval=100", "--log_interval=3")
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("iter ")]
+    assert [line.split(":")[0] for line in printed] == ["iter 0", "iter 3"]
+    assert len(reads) == len(printed)
+
+
+def test_load_data_checks_ids_in_a_bounded_prefix(data_root, monkeypatch):
+    """The id check reads at most CHECKED_TOKENS of each split, so a start does not scan a large
+    train.bin; a foreign id within them is still the one-line error."""
+    path = data_root / "shakespeare_char" / "train.bin"
+    tokens = np.fromfile(path, dtype=np.uint16)
+    monkeypatch.setattr(train, "CHECKED_TOKENS", 100)
+    tokens[150] = 60000  # beyond the checked prefix: not read
+    tokens.tofile(path)
+    train.load_data(str(data_root), "shakespeare_char", 16)
+    tokens[50] = 60000
+    tokens.tofile(path)
+    with pytest.raises(SystemExit, match="holds token id 60000"):
+        train.load_data(str(data_root), "shakespeare_char", 16)
