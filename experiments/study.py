@@ -39,10 +39,12 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shlex
 import statistics
 import subprocess
 import sys
+import time
 from collections import Counter, namedtuple
 
 import torch
@@ -50,6 +52,11 @@ import torch
 from plot import read_log
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import train  # noqa: E402
+from mot import GPT, GPTConfig  # noqa: E402
+
+SHARED = 0.9  # a run whose threads had less of the CPU than this ran beside other work
 CPU_MOT = "config/train_shakespeare_char_cpu_mot.py"
 CPU_MOE = "config/train_shakespeare_char_cpu_moe.py"
 # The whole protocol. Relative paths are from the repository root. tests/test_study.py runs a tiny
@@ -65,11 +72,26 @@ STUDY = dict(
     dropout=0.1, n_dense_layers=2,  # the two variants of the best two MoT
     lrs=[5e-4, 1e-3, 2e-3], seeds=[0, 1, 2],
     stdlib_seeds=[0, 1],  # a seed of its three models is 48 min on 2 cores: a third did not fit
+    # the regime stages: many more tokens per parameter (a tiny model) on the Python corpus
+    sizes=dict(tiny=["--n_layer=2", "--n_head=2", "--n_embd=64"]),  # train.py flags of a size
+    regime_steps=10000, regime_lrs=[1e-3, 2e-3, 4e-3], regime_seeds=[0, 1, 2],
+    regime_mot=dict(n_experts=64, group_size=16, controller_init_std=64 ** -0.5,
+                    temperature=0.3),  # the tiny MoT that the knobs vary one setting of
+    regime_knobs=[dict(n_experts=32), dict(n_experts=128),  # E/G = 2, 8 at G = 16
+                  dict(n_experts=32, group_size=8), dict(n_experts=128, group_size=32),  # E/G = 4
+                  dict(temperature=1.0), dict(temperature=1.0, temperature_final=0.1),
+                  dict(controller_init_std=0.02), dict(n_dense_layers=1)],
+    regime_lr_factors=[0.5, 2.0],  # the MoT knob runs at these multiples of its best lr too
+    regime_lengths=[2500, 40000], regime_length_seeds=[0, 1],  # the tiny model, other lengths
+    regime_long_steps=24000,  # the CPU recipe's model, one seed
+    regime_evals=25,  # evaluations in a regime run: eval_interval = max_iters / regime_evals
     results="results/cpu_study.jsonl", runs_dir="out-study",
     plots=dict(final="assets/cpu_study.png", python_stdlib="assets/python_stdlib_study.png"),
+    regime_plot="assets/regime.png",
     docs=["README.md", "RESULTS.md"],  # the documents whose tables --docs rewrites
 )
-STAGES = ("screening", "lr", "final", "python_stdlib")
+STAGES = ("screening", "lr", "final", "python_stdlib", "regime_lr", "regime_seeds",
+          "regime_knobs", "regime_lengths", "regime_long")
 
 # A model: a name, the config file put on top of the recipe's (None for dense), and train.py
 # settings. Every setting the study varies is given explicitly, so that later edits of the
@@ -81,27 +103,36 @@ MOE_EC = Model("moe-ec-e8", CPU_MOE, dict(moe_routing="expert_choice", dropout=0
 LABELS = {"moe-ec-e8": "moe-ec-e8 (not causal)"}
 
 
-def mot(n_experts, group_size, controller_init_std, temperature, dropout=0.0, n_dense_layers=0):
+def mot(n_experts, group_size, controller_init_std, temperature, dropout=0.0, n_dense_layers=0,
+        temperature_final=None):
     name = f"mot-e{n_experts}-g{group_size}-init{controller_init_std:.2g}-tau{temperature:g}"
+    name += f"-to{temperature_final:g}" if temperature_final else ""
     name += f"-drop{dropout:g}" if dropout else ""
     name += f"-dense{n_dense_layers}" if n_dense_layers else ""
     return Model(name, CPU_MOT, dict(
         n_experts=n_experts, group_size=group_size, controller_init_std=controller_init_std,
-        temperature=temperature, dropout=dropout, n_dense_layers=n_dense_layers))
+        temperature=temperature, dropout=dropout, n_dense_layers=n_dense_layers,
+        **(dict(temperature_final=temperature_final) if temperature_final else {})))
 
 
-def make_run(S: dict, stage: str, model: Model, lr: float, seed: int, stdlib=False) -> dict:
-    """A run as recorded: its name and the train.py arguments that reproduce it."""
+def make_run(S: dict, stage: str, model: Model, lr: float, seed: int, stdlib=False, size=None,
+             steps=None) -> dict:
+    """A run as recorded: its name and the train.py arguments that reproduce it. size: a key of
+    S["sizes"] (None: the recipe's model); steps: None for the corpus' usual length."""
     configs = [S["config"], S["stdlib_config"]] if stdlib else [S["config"]]
-    steps = S["stdlib_steps"] if stdlib else S["steps"]
+    usual_steps = S["stdlib_steps"] if stdlib else S["steps"]
+    steps = steps or usual_steps
     flags = dict(model.flags, learning_rate=lr, min_lr=lr / 10, max_iters=steps,
                  lr_decay_iters=steps, seed=seed)
-    command = (configs + ([model.overlay] if model.overlay else []) + S["flags"]
-               + [f"--{key}={value}" for key, value in flags.items()])
-    name = (("stdlib-" if stdlib else "") + model.name + (f"-lr{lr:g}" if lr != S["lr"] else "")
-            + f"-s{seed}")
+    if size or steps != usual_steps:  # the regime's runs: a fixed number of evaluations
+        flags["eval_interval"] = max(1, steps // S["regime_evals"])
+    command = (configs + ([model.overlay] if model.overlay else []) + S["sizes"].get(size, [])
+               + S["flags"] + [f"--{key}={value}" for key, value in flags.items()])
+    name = (("stdlib-" if stdlib else "") + (f"{size}-" if size else "") + model.name
+            + (f"-lr{lr:g}" if lr != S["lr"] else "")
+            + (f"-{steps}" if steps != usual_steps else "") + f"-s{seed}")
     return dict(name=name, stage=stage, model=model.name, command=command, seed=seed, lr=lr,
-                max_iters=steps)
+                max_iters=steps, size=size or "recipe")
 
 
 def path(S: dict, key: str) -> str:
@@ -163,17 +194,55 @@ def plan(S: dict, results: dict, stage: str) -> list:
     def best_lr(model):
         return min(S["lrs"], key=lambda lr: loss(model, lr))
 
+    stdlib_models = [(DENSE, best_lr(DENSE)),
+                     (mot(**{**best_mot.flags, "dropout": 0.0}), best_lr(best_mot)),
+                     (MOE, best_lr(MOE))]
+    if stage.startswith("regime"):
+        return plan_regime(S, results, stage, stdlib_models)
     if stage == "final":
         models = [(DENSE, best_lr(DENSE)), (best_mot, best_lr(best_mot)),
                   (second_mot, best_lr(best_mot)), (MOE, best_lr(MOE)), (MOE_EC, best_lr(MOE))]
         seeds = S["seeds"]
     else:  # python_stdlib
-        models = [(DENSE, best_lr(DENSE)),
-                  (mot(**{**best_mot.flags, "dropout": 0.0}), best_lr(best_mot)),
-                  (MOE, best_lr(MOE))]
-        seeds = S["stdlib_seeds"]
+        models, seeds = stdlib_models, S["stdlib_seeds"]
     return [make_run(S, stage, model, lr, seed, stdlib=stage == "python_stdlib")
             for seed in seeds for model, lr in models]
+
+
+def plan_regime(S: dict, results: dict, stage: str, stdlib_models: list) -> list:
+    """The runs of a regime stage (the stages before it are done): the tiny model's dense, MoT
+    and MoE at its usual length, then its knobs and other lengths, then the recipe's model long."""
+    def run(stage, model, lr, seed, steps=S["regime_steps"], size="tiny"):
+        return make_run(S, stage, model, lr, seed, stdlib=True, size=size, steps=steps)
+
+    def loss(model, lr, seed=0) -> float:  # of its tiny run at the usual length
+        return results[run(stage, model, lr, seed)["name"]]["final_val_loss"]
+
+    tiny_mot = mot(**S["regime_mot"])
+    models = (DENSE, tiny_mot, MOE)
+    if stage == "regime_lr":
+        return [run(stage, model, lr, 0) for model in models for lr in S["regime_lrs"]]
+    best = [(model, min(S["regime_lrs"], key=lambda lr: loss(model, lr))) for model in models]
+    if stage == "regime_seeds":
+        return [run(stage, model, lr, seed) for seed in S["regime_seeds"] for model, lr in best]
+    if stage == "regime_knobs":
+        mot_lr = best[1][1]
+        knobs = ([(mot(**{**S["regime_mot"], **knob}), mot_lr) for knob in S["regime_knobs"]]
+                 + [(tiny_mot, mot_lr * factor) for factor in S["regime_lr_factors"]])
+        runs = [run(stage, model, lr, 0) for model, lr in knobs]
+        if not all(result(S, results, r) for r in runs):
+            return runs  # the seeds come when every knob has run once
+        mean_mot, mean_moe = (statistics.mean(loss(model, lr, seed) for seed in S["regime_seeds"])
+                              for model, lr in best[1:])
+        closing = [(model, lr) for (model, lr), r in zip(knobs, runs)
+                   if mean_mot - results[r["name"]]["final_val_loss"] >= (mean_mot - mean_moe) / 2]
+        return runs + [run(stage, model, lr, seed) for seed in S["regime_seeds"][1:]
+                       for model, lr in closing]
+    if stage == "regime_lengths":
+        return [run(stage, model, lr, seed, steps) for steps in S["regime_lengths"]
+                for seed in S["regime_length_seeds"] for model, lr in best]
+    return [run(stage, model, lr, 0, S["regime_long_steps"], size=None)  # regime_long
+            for model, lr in stdlib_models]
 
 
 def machine() -> dict:
@@ -184,6 +253,19 @@ def machine() -> dict:
                         if line.startswith("model name")), cpu)
     return dict(cpu=cpu or platform.machine(), cores=os.cpu_count(),
                 threads=torch.get_num_threads(), torch=torch.__version__)
+
+
+def commit() -> str:
+    """The git commit the code ran at, "+dirty" when tracked files differ from it."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout
+    return git("rev-parse", "HEAD").strip() + ("+dirty" if git("status", "--porcelain",
+                                                                "--untracked-files=no") else "")
+
+
+def cpu_seconds() -> float:
+    return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
 
 
 def launch(args: list) -> None:
@@ -200,7 +282,9 @@ def execute(S: dict, run: dict) -> dict:
     resume = os.path.exists(os.path.join(ROOT, out_dir, "ckpt.pt"))
     args = run["command"] + [f"--out_dir={out_dir}"] + ["--init_from=resume"] * resume
     print(f"\n== {run['stage']}: {run['name']}\npython train.py {shlex.join(args)}", flush=True)
+    wall, cpu = time.time(), cpu_seconds()
     launch(args)
+    wall, cpu = time.time() - wall, cpu_seconds() - cpu
     log = read_log(os.path.join(ROOT, out_dir))
     last = log[-1]
     if last["iter"] != run["max_iters"]:
@@ -210,7 +294,8 @@ def execute(S: dict, run: dict) -> dict:
                 best_val_loss=min(r["val_loss"] for r in log), elapsed_s=last["elapsed_s"],
                 curve={key: [r[key] for r in log]
                        for key in ("iter", "train_loss", "val_loss", "elapsed_s")},
-                machine=machine())
+                machine=machine(), commit=commit(),
+                cpu_share=cpu / (wall * torch.get_num_threads()))
 
 
 def run_stage(S: dict, results: dict, stage: str, only, dry_run: bool) -> set:
@@ -282,10 +367,16 @@ RULE = ("Δ: the model's mean minus dense's. **Bold**: a difference we claim, be
         "otherwise the seeds cannot tell the two apart.")
 
 
+def seconds(lines: list) -> str:
+    """Mean ± std of the training seconds, marked when a run shared the CPU with other work."""
+    shared = any(line.get("cpu_share", 1.0) < SHARED for line in lines)
+    return mean_std([line["elapsed_s"] for line in lines], 0) + (" (shared)" if shared else "")
+
+
 def runs_table(lines: list) -> str:
     rows = [f"| {line['name']} | {line['lr']:g} | {line['final_val_loss']:.4f} "
             f"| {line['final_train_loss']:.4f} | {line['best_val_loss']:.4f} "
-            f"| {line['elapsed_s']:.0f} |" for line in lines]
+            f"| {seconds([line])} |" for line in lines]
     return "\n".join(["| run | lr | final val | final train | best val | seconds |",
                       "|---|---|---|---|---|---|", *rows])
 
@@ -312,7 +403,7 @@ def seeds_table(lines_by_model: dict) -> str:
                     f"| {mean_std(values('final_val_loss'))} "
                     f"| {mean_std(values('final_train_loss'))} "
                     f"| {mean_std(values('best_val_loss'))} | {reach} "
-                    f"| {mean_std(values('elapsed_s'), 0)} | {deltas[0]} | {deltas[1]} |")
+                    f"| {seconds(lines)} | {deltas[0]} | {deltas[1]} |")
     return "\n".join(rows + ["", RULE])
 
 
@@ -333,11 +424,109 @@ def curve_table(lines_by_model: dict, steps: list) -> str:
     return "\n".join(rows)
 
 
+def built(line: dict):
+    """The untrained GPT of a recorded run, and its settings, from its command and the prepared
+    data's meta.json: for parameter, token and FLOP counts."""
+    settings, _ = train.configure([arg if arg.startswith("--") else os.path.join(ROOT, arg)
+                                   for arg in line["command"]])
+    meta = os.path.join(settings["data_root"], settings["dataset"], "meta.json")
+    if not os.path.exists(meta):
+        raise SystemExit(f"error: {meta} not found: run `python data/{settings['dataset']}/"
+                         f"prepare.py` (the counts of the tables need its vocabulary)")
+    with open(meta) as f:
+        vocab_size = json.load(f)["vocab_size"]
+    config = GPTConfig(**{key: settings[key] for key in train.MODEL_FIELDS}, vocab_size=vocab_size)
+    return GPT(config), settings
+
+
+def reached(lines: list, target: float) -> str:
+    """The mean step (and training seconds) at which the runs' val loss first reaches target."""
+    hits = [next(((i, s) for i, s, loss in zip(line["curve"]["iter"], line["curve"]["elapsed_s"],
+                                                line["curve"]["val_loss"]) if loss <= target),
+                 None) for line in lines]
+    hits = [hit for hit in hits if hit]
+    if not hits:
+        return "—"
+    text = (f"{statistics.mean(i for i, _ in hits):.0f} "
+            f"({statistics.mean(s for _, s in hits):.0f} s)")
+    return text + (f", {len(hits)} of {len(lines)} seeds" if len(hits) < len(lines) else "")
+
+
+def regime_points(S: dict, results: dict) -> list:
+    """(size, steps, tokens per dense parameter, lines by model) of every seeded run of dense,
+    MoT and MoE on the Python corpus, shortest first; sizes with no finished dense run left out."""
+    groups = {}
+    for stage in ("python_stdlib", "regime_seeds", "regime_lengths", "regime_long"):
+        try:
+            runs = plan(S, results, stage)
+        except Waiting:
+            break
+        for run in runs:
+            line = result(S, results, run)
+            if line:
+                key = (line.get("size", "recipe"), line["max_iters"])
+                groups.setdefault(key, {}).setdefault(run["model"], []).append(line)
+    points = []
+    for (size, steps), lines_by_model in groups.items():
+        if "dense" in lines_by_model:
+            model, settings = built(lines_by_model["dense"][0])
+            tokens = (steps * settings["batch_size"] * settings["block_size"]
+                      * settings["gradient_accumulation_steps"])
+            points.append((size, steps, tokens / model.get_num_params(), lines_by_model))
+    return sorted(points, key=lambda point: point[2])
+
+
+def regime_table(S: dict, results: dict) -> str:
+    rows = ["| model | steps | tokens per dense parameter | dense val | Δ MoT − dense "
+            "| Δ MoE − dense | Δ MoE − MoT | MoT reaches dense's final at step | MoE reaches it at |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for size, steps, tokens_per_param, by_model in regime_points(S, results):
+        dense = by_model["dense"]
+        losses = {model: [line["final_val_loss"] for line in lines]
+                  for model, lines in by_model.items()}
+        mot_model = next((m for m in by_model if m.startswith("mot")), None)
+        moe_model = next((m for m in by_model if m.startswith("moe")), None)
+        target = statistics.mean(losses["dense"])
+
+        def cell(model, base="dense"):
+            return delta(losses[model], losses[base]) if model and base else "—"
+        rows.append(f"| {size} | {steps} | {tokens_per_param:.0f} "
+                    f"| {mean_std(losses['dense'])} ({len(dense)} seeds) | {cell(mot_model)} "
+                    f"| {cell(moe_model)} | {cell(moe_model, mot_model)} "
+                    f"| {reached(by_model[mot_model], target) if mot_model else '—'} "
+                    f"| {reached(by_model[moe_model], target) if moe_model else '—'} |")
+    return "\n".join(rows + ["", RULE])
+
+
+def knob_table(S: dict, results: dict, lines: list) -> str:
+    """Each knob's MoT against the tiny MoT and MoE (their seed means at the usual length)."""
+    seeded = {}
+    for run in plan(S, results, "regime_seeds"):
+        seeded.setdefault(run["model"], []).append(result(S, results, run)["final_val_loss"])
+    mot_name = mot(**S["regime_mot"]).name
+    mean_mot, mean_moe = statistics.mean(seeded[mot_name]), statistics.mean(seeded[MOE.name])
+    rows = [f"MoT {mot_name}: {mean_mot:.4f}, MoE {MOE.name}: {mean_moe:.4f} "
+            f"(means of {len(seeded[mot_name])} seeds); gap {mean_mot - mean_moe:+.4f}.", "",
+            "| run | lr | final val | Δ vs MoT | gap closed | MFLOPs per token | parameters "
+            "| seconds |", "|---|---|---|---|---|---|---|---|"]
+    for line in lines:
+        model, _ = built(line)
+        change = line["final_val_loss"] - mean_mot
+        rows.append(f"| {line['name']} | {line['lr']:g} | {line['final_val_loss']:.4f} "
+                    f"| {change:+.4f} | {-change / (mean_mot - mean_moe):.0%} "
+                    f"| {model.flops_per_token() / 1e6:.2f} | {model.get_num_params() / 1e6:.2f} M "
+                    f"| {seconds([line])} |")
+    return "\n".join(rows)
+
+
 def tables(S: dict, results: dict, stages=STAGES, at=None) -> str:
     """Markdown: each stage's table, computed from the results, and the machines they ran on; with
     `at` (steps), the seeded stages' val loss at those steps instead."""
     parts = []
     for stage in stages:
+        if stage == "regime":  # not a stage: the summary of every length of the regime stages
+            parts += ["**The regime: Δ against tokens per parameter.**", regime_table(S, results)]
+            continue
         parts.append(f"**Stage {stage}.**")
         try:
             runs = plan(S, results, stage)
@@ -349,10 +538,18 @@ def tables(S: dict, results: dict, stages=STAGES, at=None) -> str:
         parts.append(f"{len(lines)} of {len(runs)} runs done, {runs[0]['max_iters']} steps each.")
         if stage == "screening":
             parts.append(runs_table(sorted(lines, key=lambda line: line["final_val_loss"])))
-        elif stage == "lr":
+        elif stage in ("lr", "regime_lr"):
             parts.append(runs_table(lines))
+        elif stage == "regime_knobs":
+            parts.append(knob_table(S, results, lines))
         elif at:
             parts.append(curve_table(lines_by_model, at))
+        elif stage.startswith("regime"):  # a table per length
+            for steps in sorted({line["max_iters"] for line in lines}):
+                at_steps = {model: [ln for ln in group if ln["max_iters"] == steps]
+                            for model, group in lines_by_model.items()}
+                parts.append(seeds_table({model: group for model, group in at_steps.items()
+                                          if group}))
         else:
             parts.append(seeds_table(lines_by_model))
     machines = Counter("{cpu}, {cores} cores, torch {torch}, {threads} threads".format(
@@ -429,6 +626,46 @@ def plot(S: dict, results: dict) -> None:
         fig.savefig(os.path.join(ROOT, out), dpi=120)
         plt.close(fig)
         print(f"wrote {out}")
+    regime_plot(S, results, plt)
+
+
+def regime_plot(S: dict, results: dict, plt) -> None:
+    """Δ val (MoT − dense, MoE − dense) against tokens per dense parameter: the mean over seeds,
+    bars from the lowest to the highest seed's difference to dense's mean."""
+    points = regime_points(S, results)
+    if not points:
+        print(f"{S['regime_plot']} not written: no regime run is done yet")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for prefix, label in (("mot", "MoT − dense"), ("moe", "MoE top-1 − dense")):
+        for size, marker in (("tiny", "o"), ("recipe", "s")):
+            xs, ys, low, high = [], [], [], []
+            for point_size, _, tokens_per_param, by_model in points:
+                model = next((m for m in by_model if m.startswith(prefix)), None)
+                if point_size != size or model is None:
+                    continue
+                dense = statistics.mean(line["final_val_loss"] for line in by_model["dense"])
+                diffs = [line["final_val_loss"] - dense for line in by_model[model]]
+                xs.append(tokens_per_param)
+                ys.append(statistics.mean(diffs))
+                low.append(ys[-1] - min(diffs))
+                high.append(max(diffs) - ys[-1])
+            if xs:
+                ax.errorbar(xs, ys, yerr=[low, high], marker=marker, capsize=3,
+                            color="C0" if prefix == "mot" else "C1",
+                            linestyle="-" if size == "tiny" else ":",
+                            label=f"{label} ({'2×64' if size == 'tiny' else '4×128'} model)")
+    ax.axhline(0.0, color="gray", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training tokens per dense parameter")
+    ax.set_ylabel("final val loss minus dense's (lower: better than dense)")
+    ax.set_title("Python corpus, matched FLOPs: where sparse layers pay")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(ROOT, S["regime_plot"]), dpi=120)
+    plt.close(fig)
+    print(f"wrote {S['regime_plot']}")
 
 
 def main(argv=None, S=STUDY) -> None:
