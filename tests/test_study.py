@@ -74,6 +74,13 @@ def tiny_study(tmp_path, data_root) -> dict:
             "stdlib_steps": 4, "mot_sizes": [(4, 2)], "controller_init_stds": [0.02, 0.25],
             "temperatures": [0.3], "n_dense_layers": 1, "lrs": [1e-3, 2e-3], "seeds": [0, 1],
             "stdlib_seeds": [0],
+            "sizes": dict(tiny=[]), "regime_steps": 4, "regime_lrs": [1e-3, 2e-3],
+            "regime_seeds": [0, 1],
+            "regime_mot": dict(n_experts=4, group_size=2, controller_init_std=0.25,
+                               temperature=0.3),
+            "regime_knobs": [dict(n_experts=8), dict(temperature=1.0, temperature_final=0.1)],
+            "regime_lr_factors": [2.0], "regime_lengths": [6], "regime_length_seeds": [0],
+            "regime_long_steps": 8, "regime_evals": 2, "regime_plot": str(tmp_path / "regime.png"),
             "results": str(tmp_path / "results" / "study.jsonl"),
             "runs_dir": str(tmp_path / "runs"),
             "plots": dict(final=str(tmp_path / "final.png"),
@@ -109,14 +116,16 @@ def test_the_study_runs_every_stage_once(tiny, tmp_path, capsys, monkeypatch):
     planned = {r["name"] for stage in study.STAGES for r in study.plan(tiny, results, stage)}
     assert len(set(names)) == len(names) and set(names) == planned
     # 6 screening (2 + 4 variants), 5 lr (+1 from screening), 10 final (3 or 4 from lr and
-    # screening), 3 python_stdlib (one seed)
-    assert 20 <= len(lines) <= 21
+    # screening), 3 python_stdlib (one seed); regime: 6 lr, 3 more seeds, 2 or 3 knobs (the lr
+    # knob may be an lr run) and up to 3 of their seeds, 3 at the other length, 3 long
+    assert 37 <= len(lines) <= 42
     stages = [line["stage"] for line in lines]
     assert stages == sorted(stages, key=study.STAGES.index)
     for line in lines:
         assert FIELDS <= set(line) and not any("--out_dir" in arg for arg in line["command"])
-        curve = line["curve"]
-        assert curve["iter"] == [0, 2, 4] and line["final_val_loss"] == curve["val_loss"][-1]
+        curve, steps = line["curve"], line["max_iters"]  # 2 evaluations after step 0
+        assert curve["iter"] == [0, steps // 2, steps]
+        assert line["final_val_loss"] == curve["val_loss"][-1]
         assert line["best_val_loss"] == min(curve["val_loss"])
         assert line["elapsed_s"] == curve["elapsed_s"][-1] and line["machine"]["threads"] == 1
     # a line's command reproduces its losses
@@ -140,7 +149,9 @@ def test_the_study_runs_every_stage_once(tiny, tmp_path, capsys, monkeypatch):
     final_tables = study.tables(tiny, results, ["final", "python_stdlib"])
     assert updated == doc.replace("old\n", final_tables + "\n").replace(
         "screening -->\n", "screening -->\n" + study.tables(tiny, results, ["screening"]) + "\n")
-    assert final_tables in table and "**Stage screening.**" not in final_tables
+    stage_tables, machines = final_tables.rsplit("\n\n", 1)  # the machines close every table
+    assert stage_tables in table and machines in table
+    assert "**Stage screening.**" not in final_tables
     final = study.plan(tiny, results, "final")
     dense = [results[r["name"]] for r in final if r["model"] == "dense"]
     losses = [line["final_val_loss"] for line in dense]
@@ -149,6 +160,10 @@ def test_the_study_runs_every_stage_once(tiny, tmp_path, capsys, monkeypatch):
     assert "**Stage python_stdlib.**" in table and study.RULE in table
     assert os.path.getsize(tiny["plots"]["final"]) > 0
     assert os.path.getsize(tiny["plots"]["python_stdlib"]) > 0
+    assert os.path.getsize(tiny["regime_plot"]) > 0
+    regime = study.tables(tiny, results, ["regime", "regime_knobs"])
+    assert regime.count("| tiny |") == 2 and regime.count("| recipe |") == 2  # 2 lengths each
+    assert all(line["commit"] and 0 < line["cpu_share"] for line in lines)
 
 
 def record(S, stage, losses, default=1.9) -> None:
@@ -276,3 +291,30 @@ def test_the_docs_show_the_tables_of_the_recorded_study():
         for start, end, stages in blocks:
             assert text[start:end] == study.tables(study.STUDY, results, stages) + "\n", (
                 f"{doc}: run `python experiments/study.py --docs`")
+
+
+def test_the_regime_tunes_each_model_and_seeds_the_knobs_that_close_half_the_gap(tmp_path):
+    S = tiny_study(tmp_path, tmp_path)  # the tiny regime's usual length is stdlib_steps: no suffix
+    for stage in ("screening", "lr", "final", "python_stdlib"):
+        record(S, stage, {})
+    mot_name, tiny = "mot-e4-g2-init0.25-tau0.3", "stdlib-tiny-"
+    # regime_lr: dense best at 2e-3, MoT and MoE at 1e-3
+    record(S, "regime_lr", {f"{tiny}dense-s0": 1.50, f"{tiny}dense-lr0.002-s0": 1.40,
+                            f"{tiny}{mot_name}-s0": 1.30, f"{tiny}{mot_name}-lr0.002-s0": 1.35,
+                            f"{tiny}moe-top1-e8-s0": 1.10, f"{tiny}moe-top1-e8-lr0.002-s0": 1.2})
+    assert names(S, "regime_seeds") == [
+        f"{tiny}{model}-s{seed}" for seed in (0, 1)
+        for model in ("dense-lr0.002", mot_name, "moe-top1-e8")]
+    # seeds: MoT 1.30 and 1.32, MoE 1.10 and 1.12: a gap of 0.20
+    record(S, "regime_seeds", {f"{tiny}{mot_name}-s1": 1.32, f"{tiny}moe-top1-e8-s1": 1.12})
+    knobs = [f"{tiny}mot-e8-g2-init0.25-tau0.3-s0", f"{tiny}mot-e4-g2-init0.25-tau1-to0.1-s0",
+             f"{tiny}{mot_name}-lr0.002-s0"]  # the lr knob (2 x 1e-3) is regime_lr's run
+    assert names(S, "regime_knobs") == knobs
+    # E=8 closes 0.11 of the gap of 0.20 (more than half), the annealed τ 0.05
+    record(S, "regime_knobs", {knobs[0]: 1.20, knobs[1]: 1.26})
+    assert names(S, "regime_knobs") == knobs + [knobs[0].replace("-s0", "-s1")]
+    record(S, "regime_knobs", {})
+    record(S, "regime_lengths", {})
+    long_runs = study.plan(S, study.read_results(S), "regime_long")
+    assert [r["max_iters"] for r in long_runs] == [8] * 3
+    assert all(r["size"] == "recipe" and not r["name"].startswith(tiny) for r in long_runs)
