@@ -1,9 +1,10 @@
 """
-Speed and memory of the dense, MoT and MoE feed-forward layers at matched FLOPs, and of one whole
-training step of a small model (the CPU recipe's size) with each.
+Speed and memory of the dense, MoT and MoE feed-forward layers at matched FLOPs, of the whole
+training step of a model with each, and of sampling.
 
-    python bench.py             # CPU, float32, the default grid (~2 minutes on 2 cores)
+    python bench.py             # CPU, float32, the layer grid (~2 minutes on 2 cores)
     python bench.py --device=cuda --dtype=bfloat16 --compile
+    python bench.py --step      # the training step at the CPU and GPU recipes' shapes, per FFN
     python bench.py --sampling  # generate() with and without the KV cache (~10 minutes on 2 cores)
 
 Each variant: warm-up, then the median of --reps timed forward+backward passes. FLOPs count the
@@ -19,7 +20,7 @@ from contextlib import nullcontext
 
 import torch
 
-from mot import FFNS, GPT, MLP, GPTConfig, MixtureOfExperts, MixtureOfTokens, experts
+from mot import GPT, MLP, GPTConfig, MixtureOfExperts, MixtureOfTokens, experts
 
 
 def synchronize(device: str) -> None:
@@ -158,28 +159,63 @@ def main(args) -> None:
         print_table(args, f"FFN layer forward+backward, C={C} (FLOP-matched to dense 4C)",
                     rows, dense)
 
-    rows = []
-    for ffn in FFNS:
-        model = GPT(GPTConfig(ffn=ffn, vocab_size=65, **args.model)).to(args.device)
-        optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), args.device.split(":")[0])
-        idx = torch.randint(0, 65, (args.model_batch_size, args.model["block_size"]),
-                            device=args.device)
 
-        def train_step():
-            with autocast:
-                _, loss = model(idx, idx)
-            (loss + model.aux_loss).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
 
-        seconds, memory = measure(train_step, args.device, args.warmup, args.reps)
-        tokens = idx.numel()
-        rows.append(dict(name=ffn, ms=seconds * 1e3, tokens_per_s=tokens / seconds,
-                         gflops=(model.flops_per_token(args.model["block_size"])
-                                 * tokens / seconds / 1e9),
-                         memory_mb=memory / 2**20))
-    print_table(args, f"one training step, {args.model} batch {args.model_batch_size}",
-                rows, rows[0])
+def training_step(model: GPT, optimizer, idx: torch.Tensor, autocast, device: str):
+    """One step as train.py takes it (forward, backward, clipping, AdamW, zero_grad), timed:
+    (forward+backward seconds, optimizer seconds)."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    with autocast:
+        _, loss = model(idx, idx)
+    (loss + model.aux_loss).backward()
+    synchronize(device)
+    t1 = time.perf_counter()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    synchronize(device)
+    return t1 - t0, time.perf_counter() - t1
+
+
+def step(args) -> None:
+    """The whole training step of each FFN kind at the CPU recipe's and the GPU recipe's shape:
+    interleaved rounds (every model a few steps, then the next), the median step of all rounds."""
+    dtype = getattr(torch, args.dtype)
+    autocast = (nullcontext() if dtype == torch.float32
+                else torch.autocast(args.device.split(":")[0], dtype=dtype))
+    print(f"device {args.device}, dtype {args.dtype}, compile {args.compile}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}; median step of "
+          f"{args.rounds} interleaved rounds of {args.reps} steps")
+    for shape_name, shape, batch_size in args.step_shapes:
+        models = {}
+        for name, overrides in args.step_ffns.items():
+            torch.manual_seed(0)
+            model = GPT(GPTConfig(vocab_size=65, **shape, **overrides)).to(args.device)
+            optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99),
+                                                   args.device.split(":")[0])
+            idx = torch.randint(0, 65, (batch_size, shape["block_size"]), device=args.device)
+            runs = torch.compile(model) if args.compile else model  # reads model's attributes
+            for _ in range(args.warmup):
+                training_step(runs, optimizer, idx, autocast, args.device)
+            models[name] = (model, runs, optimizer, idx, [])
+        for _ in range(args.rounds):
+            for model, runs, optimizer, idx, times in models.values():
+                times += [training_step(runs, optimizer, idx, autocast, args.device)
+                          for _ in range(args.reps)]
+        tokens = batch_size * shape["block_size"]
+        print(f"\n{shape_name}: {shape}, batch {batch_size}")
+        print(f"{'model':<16} {'ms/step':>9} {'x dense':>8} {'FLOPs x':>8} {'optimizer':>10} "
+              f"{'tokens/s':>10} {'params':>9}")
+        dense_ms = dense_flops = None
+        for name, (model, _, _, _, times) in models.items():
+            ms = statistics.median(sum(t) for t in times) * 1e3
+            optimizer_ms = statistics.median(t[1] for t in times) * 1e3
+            flops = model.flops_per_token()
+            dense_ms, dense_flops = dense_ms or ms, dense_flops or flops
+            print(f"{name:<16} {ms:9.1f} {ms / dense_ms:8.2f} {flops / dense_flops:8.2f} "
+                  f"{optimizer_ms / ms:9.0%} {tokens / ms * 1e3:10,.0f} "
+                  f"{model.get_num_params() / 1e6:8.2f}M")
 
 
 parser = argparse.ArgumentParser(description=__doc__,
@@ -194,25 +230,32 @@ parser.add_argument("--E", type=int, nargs="+", default=[8, 32, 128])
 parser.add_argument("--G", type=int, nargs="+", default=[8, 32])
 parser.add_argument("--warmup", type=int, default=2)
 parser.add_argument("--reps", type=int, default=5)
-parser.add_argument("--model_batch_size", type=int, default=32,
-                    help="batch of the whole-model step")
 parser.add_argument("--sampling", action="store_true",
                     help="time GPT.generate with and without the KV cache instead")
+parser.add_argument("--step", action="store_true",
+                    help="time the whole training step of each FFN kind instead")
+parser.add_argument("--rounds", type=int, default=7, help="--step: interleaved rounds")
 parser.add_argument("--tiny", action="store_true", help="tiny sizes, to check that the script runs")
 
 if __name__ == "__main__":
     args = parser.parse_args()
-    args.model = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, n_experts=32, group_size=8)
-    # sampling: the GPU recipe's shape (config/train_shakespeare_char*.py)
+    # sampling and --step: the GPU recipe's shape (config/train_shakespeare_char*.py); --step also
+    # the CPU recipe's (config/train_shakespeare_char_cpu*.py), with a batch a CPU can time
     args.sampling_model = dict(n_layer=6, n_head=6, n_embd=384, block_size=256)
     args.sampling_ffns = dict(dense={}, mot=dict(n_experts=128, group_size=32),
                               moe=dict(n_experts=8, moe_top_k=1))
+    args.step_shapes = [("CPU recipe", dict(n_layer=4, n_head=4, n_embd=128, block_size=64), 32),
+                        ("GPU recipe", args.sampling_model, 64 if "cuda" in args.device else 32)]
+    args.step_ffns = {"dense": {}, "mot E=128 G=32": dict(ffn="mot", n_experts=128, group_size=32),
+                      "mot E=32 G=8": dict(ffn="mot", n_experts=32, group_size=8),
+                      "moe top-1 E=8": dict(ffn="moe", n_experts=8, moe_top_k=1)}
     if args.tiny:
         args.C, args.E, args.G = [16], [4], [2]
-        args.batch_size, args.seq_len, args.warmup, args.reps = 4, 8, 1, 1
-        args.model = dict(n_layer=1, n_head=2, n_embd=16, block_size=8, n_experts=4, group_size=2)
-        args.model_batch_size = 4
+        args.batch_size, args.seq_len, args.warmup, args.reps, args.rounds = 4, 8, 1, 1, 2
         args.sampling_model = dict(n_layer=1, n_head=2, n_embd=16, block_size=8)
         args.sampling_ffns = dict(dense={}, mot=dict(n_experts=4, group_size=2),
                                   moe=dict(n_experts=4, moe_top_k=1))
-    sampling(args) if args.sampling else main(args)
+        args.step_shapes = [("tiny", args.sampling_model, 4)]
+        args.step_ffns = {"dense": {}, "mot E=4 G=2": dict(ffn="mot", n_experts=4, group_size=2),
+                          "moe top-1 E=4": dict(ffn="moe", n_experts=4, moe_top_k=1)}
+    sampling(args) if args.sampling else step(args) if args.step else main(args)

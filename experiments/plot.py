@@ -37,6 +37,11 @@ def speedups(baseline: list, run: list) -> dict:
     return result
 
 
+def at(log: list, key: str, limit: float) -> float:
+    """The val loss of the last evaluation at or before `limit` of `key` (iter or elapsed_s)."""
+    return [r for r in log if r[key] <= limit][-1]["val_loss"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,12 +52,6 @@ def main() -> None:
                              "run it started from")
     parser.add_argument("--out", default="results.png")
     args = parser.parse_args()
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SystemExit("error: plot.py needs matplotlib: pip install matplotlib")
     labels = args.labels or [os.path.basename(os.path.normpath(d)) for d in args.out_dirs]
     if len(labels) != len(args.out_dirs):
         raise SystemExit(f"error: {len(labels)} labels for {len(args.out_dirs)} runs")
@@ -60,22 +59,6 @@ def main() -> None:
     offsets = args.step_offsets or [0] * len(logs)
     if len(offsets) != len(logs):
         raise SystemExit(f"error: {len(offsets)} step offsets for {len(logs)} runs")
-
-    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for label, log, offset in zip(labels, logs, offsets):
-        by_step.plot([r["iter"] + offset for r in log], [r["val_loss"] for r in log], label=label)
-        by_time.plot([r["elapsed_s"] for r in log], [r["val_loss"] for r in log], label=label)
-    # skip the untrained first evaluation
-    top = max(log[1]["val_loss"] for log in logs if len(log) > 1)
-    for ax, xlabel in ((by_step, "step"), (by_time, "training wall-clock seconds")):
-        ax.set_ylim(top=top)
-        ax.axhline(logs[0][-1]["val_loss"], color="gray", linestyle=":", linewidth=1)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("val loss")
-        ax.grid(alpha=0.3)
-    by_step.legend()
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=120)
 
     print(f"| run | final val loss | Δ vs {labels[0]} | reaches {labels[0]}'s final loss at step "
           f"| step speed-up | wall-clock speed-up |")
@@ -88,6 +71,35 @@ def main() -> None:
         print(f"| {label} | {s['final_val_loss']:.4f} "
               f"| {s['final_val_loss'] - logs[0][-1]['val_loss']:+.4f} "
               f"| {reached} | {step} | {time} |")
+    # runs stopped early (a time limit) end at different steps: compare them where all have been
+    steps = min(log[-1]["iter"] for log in logs)
+    seconds = min(log[-1]["elapsed_s"] for log in logs)
+    print(f"\n| run | val loss at step {steps} | val loss after {seconds:.0f} s of training |")
+    print("|---|---|---|")
+    for label, log in zip(labels, logs):
+        print(f"| {label} | {at(log, 'iter', steps):.4f} | {at(log, 'elapsed_s', seconds):.4f} |")
+
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("error: plot.py needs matplotlib for the figure: pip install matplotlib")
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label, log, offset in zip(labels, logs, offsets):
+        by_step.plot([r["iter"] + offset for r in log], [r["val_loss"] for r in log], label=label)
+        by_time.plot([r["elapsed_s"] for r in log], [r["val_loss"] for r in log], label=label)
+    tops = [log[1]["val_loss"] for log in logs if len(log) > 1]  # above the untrained loss
+    for ax, xlabel in ((by_step, "step"), (by_time, "training wall-clock seconds")):
+        if tops:
+            ax.set_ylim(top=max(tops))
+        ax.axhline(logs[0][-1]["val_loss"], color="gray", linestyle=":", linewidth=1)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("val loss")
+        ax.grid(alpha=0.3)
+    by_step.legend()
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=120)
     print(f"wrote {args.out}")
 
 

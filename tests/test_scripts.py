@@ -9,7 +9,7 @@ import pytest
 import evaluate
 import plot
 import visualize
-from conftest import ROOT
+from conftest import ROOT, make_data_root
 
 
 def run_script(*args):
@@ -20,9 +20,13 @@ def run_script(*args):
 
 def test_bench_prints_the_tables():
     out = run_script("bench.py", "--tiny")
-    for row in ("dense", "mot E=4 G=2", "moe top-1 E=4", "one training step"):
+    for row in ("dense", "mot E=4 G=2", "moe top-1 E=4"):
         assert row in out
     assert "x dense" in out and "saved MB" in out
+    out = run_script("bench.py", "--step", "--tiny")
+    rows = [line.split() for line in out.splitlines() if line.startswith(("dense", "mot", "moe"))]
+    assert [row[0] for row in rows] == ["dense", "mot", "moe"]
+    assert "FLOPs x" in out and "optimizer" in out and rows[0][2:4] == ["1.00", "1.00"]
     out = run_script("bench.py", "--sampling", "--tiny")
     for row in ("dense B=1 cache off", "mot B=2 cache on", "moe B=1 cache on"):
         assert row in out
@@ -62,3 +66,19 @@ def test_plot_evaluate_and_visualize_on_tiny_runs(tmp_path, run_train, capsys, m
     assert (tmp_path / "mot" / "merge_entropy.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="no merge weights"):
         visualize.main([f"--out_dir={tmp_path / 'dense'}"])
+
+
+def test_the_gpu_check_runs_on_a_cpu(tmp_path):
+    """experiments/gpu_check.sh --device=cpu --tiny: every step of the GPU check, tiny, exit 0,
+    its figures in one file."""
+    data_root = make_data_root(tmp_path / "data")
+    out = tmp_path / "check.txt"
+    result = subprocess.run(["bash", "experiments/gpu_check.sh", "--device=cpu", "--tiny",
+                             f"--data_root={data_root}", f"--out={out}"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    text = out.read_text()
+    for section in ("## 1. device checks", "## 2. bench.py --step --compile",
+                    "## 2. bench.py --sampling", "## 3. dense against MoT", "| mot |"):
+        assert section in text
+    assert " passed" in text and "failed" not in text
