@@ -9,7 +9,9 @@ Settings: the defaults in DEFAULTS, then each config/*.py file given (plain assi
 --key=value overrides, in order. Every setting is checked before anything is written. Every eval
 appends a JSON line to out_dir/log.jsonl and saves out_dir/ckpt.pt; --init_from=resume continues
 that run exactly (same batches, same dropout). A new run into a directory that holds ckpt.pt is
-refused, unless --overwrite=True.
+refused, unless --overwrite=True. Ctrl-C (SIGINT) or SIGTERM saves ckpt.pt after the step under
+way and exits with 130 or 143; a run whose loss turns NaN or infinite stops, and its last finite
+checkpoint stays.
 """
 
 import ast

@@ -134,7 +134,8 @@ def test_interrupted_at_random_instants_the_run_saves_there_and_resumes_exactly(
     run's: every evaluation once, same losses."""
     args = TINY + [f"--data_root={data_root}", "--ffn=mot", "--max_iters=80"]
     env = dict(os.environ, OMP_NUM_THREADS="1")  # a tiny model: one thread is faster
-    train.main(args + [f"--out_dir={tmp_path / 'reference'}"])
+    subprocess.run([sys.executable, "train.py", *args, f"--out_dir={tmp_path / 'reference'}"],
+                   cwd=ROOT, check=True, capture_output=True, env=env)
     out = tmp_path / "interrupted"
     ckpt = out / "ckpt.pt"
     instants = random.Random(0)
@@ -164,7 +165,8 @@ def test_interrupted_at_random_instants_the_run_saves_there_and_resumes_exactly(
         assert not os.path.exists(f"{ckpt}.tmp")
         assert GPT.from_checkpoint(str(ckpt))[1]["iter_num"] == stopped_at[-1]
     assert stopped_at == sorted(set(stopped_at)) and stopped_at[-1] < 80 and inside_save >= 3
-    train.main(args + [f"--out_dir={out}", "--init_from=resume"])
+    subprocess.run([sys.executable, "train.py", *args, f"--out_dir={out}", "--init_from=resume"],
+                   cwd=ROOT, check=True, capture_output=True, env=env)
     assert losses(read_log(out)) == losses(read_log(tmp_path / "reference"))
     final = torch.load(ckpt, weights_only=True)["model"]
     expected = torch.load(tmp_path / "reference" / "ckpt.pt", weights_only=True)["model"]
