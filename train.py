@@ -237,8 +237,9 @@ class ByteCount(io.RawIOBase):
 def save_checkpoint(checkpoint: dict, path: str) -> None:
     """Write atomically: an interrupted save leaves the previous checkpoint intact. A failed one
     (a full disk) removes its temporary file and is one line, with the space it needs."""
-    try:
-        torch.save(checkpoint, path + ".tmp")
+    try:  # into a Python file: a full disk is then an OSError (ENOSPC), not a C++ RuntimeError
+        with open(path + ".tmp", "wb") as f:
+            torch.save(checkpoint, f)
         os.replace(path + ".tmp", path)
     except OSError as e:
         if os.path.exists(path + ".tmp"):
@@ -248,8 +249,8 @@ def save_checkpoint(checkpoint: dict, path: str) -> None:
         free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
         kept = ("the previous checkpoint is intact: free some space and continue with "
                 "--init_from=resume" if os.path.exists(path) else "free some space and start again")
-        fail(f"cannot save {path} ({e.strerror}): it needs {needed.size / 1e6:.1f} MB, "
-             f"{free / 1e6:.1f} MB are free there; {kept}")
+        fail(f"cannot save {path} ({e.strerror}): it needs {needed.size:,} bytes, {free:,} "
+             f"are free there; {kept}")
 
 
 def rng_state(data_rng: torch.Generator) -> dict:

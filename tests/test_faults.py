@@ -100,25 +100,24 @@ def test_float16_steps_that_the_grad_scaler_skips_are_no_divergence(tmp_path, ru
 
 def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, run_train,
                                                                    monkeypatch):
-    """A save that runs out of space halfway through its file: one line naming the path and the
-    space the checkpoint needs (the size of the previous one, the same model), ckpt.pt as it
-    was, no ckpt.pt.tmp left."""
+    """A save that runs out of space halfway through its file (as writing to a full tmpfs does):
+    one line naming the path and the space the checkpoint needs (the size of the previous one,
+    the same model), ckpt.pt as it was, no ckpt.pt.tmp left."""
     out = tmp_path / "out"
     run_train(out, "--max_iters=2")
     before = (out / "ckpt.pt").read_bytes()
     save = torch.save
 
     def full_disk(obj, f):
-        if not isinstance(f, str):  # not a file on the disk
+        if isinstance(f, train.ByteCount):  # not a file on the disk
             return save(obj, f)
-        with open(f, "wb") as file:
-            file.write(b"half a checkpoint")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f)
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(SystemExit) as e:
         run_train(out, "--init_from=resume", "--max_iters=4")
     assert error(e).startswith(f"error: cannot save {out / 'ckpt.pt'} (No space left on "
-                               f"device): it needs {len(before) / 1e6:.1f} MB, ")
+                               f"device): it needs {len(before):,} bytes, ")
     assert "the previous checkpoint is intact" in str(e.value)
     assert (out / "ckpt.pt").read_bytes() == before
     assert sorted(os.listdir(out)) == ["ckpt.pt", "log.jsonl"]

@@ -19,16 +19,15 @@ from conftest import ROOT, TINY, read_log
 SLOW_SAVE = """
 import io, sys, time, torch, train
 real_save = torch.save
-def slow_save(obj, path):
+def slow_save(obj, f):
     print("saving", flush=True)
     buffer = io.BytesIO()
     real_save(obj, buffer)
     data = buffer.getvalue()
-    with open(path, "wb") as f:
-        f.write(data[:len(data) // 2])
-        f.flush()
-        time.sleep(0.2)
-        f.write(data[len(data) // 2:])
+    f.write(data[:len(data) // 2])
+    f.flush()
+    time.sleep(0.2)
+    f.write(data[len(data) // 2:])
 torch.save = slow_save
 train.main(sys.argv[1:])
 """
