@@ -472,6 +472,12 @@ class Block(nn.Module):
         return x + self.ffn(self.ln_2(x))
 
 
+def nonfinite(tensors: dict) -> list:
+    """The names of the floating-point tensors of `tensors` (a state dict) that hold a NaN or an
+    infinity: the weights of a run that diverged."""
+    return [name for name, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()]
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -503,7 +509,7 @@ class GPT(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "cpu") -> Tuple["GPT", dict]:
         """The GPT saved by train.py at `path`, on `device` in eval mode, and the checkpoint dict;
-        a ValueError saying what is wrong with a missing, damaged or foreign file."""
+        a ValueError saying what is wrong with a missing, damaged, foreign or diverged file."""
         if not os.path.exists(path):
             raise ValueError(f"no checkpoint at {path}: train one first")
         try:
@@ -522,6 +528,11 @@ class GPT(nn.Module):
         except (TypeError, ValueError, RuntimeError) as e:
             raise ValueError(f"{path} does not hold a model of this mot.py: "
                              f"{str(e).splitlines()[0]}") from None
+        bad = nonfinite(checkpoint["model"])
+        if bad:  # train.py never saves such weights; sampling from them fails deep inside
+            raise ValueError(f"{path} holds non-finite weights ({len(bad)} tensors, {bad[0]} "
+                             f"first): its run diverged; train it again with a lower "
+                             f"learning_rate or with grad_clip set")
         return model.to(device).eval(), checkpoint
 
     def ffns(self, kind: type) -> list:

@@ -9,13 +9,18 @@ Settings: the defaults in DEFAULTS, then each config/*.py file given (plain assi
 --key=value overrides, in order. Every setting is checked before anything is written. Every eval
 appends a JSON line to out_dir/log.jsonl and saves out_dir/ckpt.pt; --init_from=resume continues
 that run exactly (same batches, same dropout). A new run into a directory that holds ckpt.pt is
-refused, unless --overwrite=True.
+refused, unless --overwrite=True. Ctrl-C (SIGINT) or SIGTERM saves ckpt.pt after the step under
+way and exits with 130 or 143; a run whose loss turns NaN or infinite stops, and its last finite
+checkpoint stays.
 """
 
 import ast
+import io
 import json
 import math
 import os
+import shutil
+import signal
 import sys
 import time
 import traceback
@@ -27,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from mot import GPT, GPTConfig, MixtureOfExperts, MixtureOfTokens
+from mot import GPT, GPTConfig, MixtureOfExperts, MixtureOfTokens, nonfinite
 
 CUDA = torch.cuda.is_available()
 MODEL_FIELDS = tuple(f.name for f in fields(GPTConfig) if f.name != "vocab_size")
@@ -220,10 +225,32 @@ def load_checkpoint(path: str, device: str):
         fail(str(e))
 
 
+class ByteCount(io.RawIOBase):
+    """A file that keeps only the number of bytes written to it."""
+    size = 0
+
+    def write(self, data) -> int:
+        self.size += len(data)
+        return len(data)
+
+
 def save_checkpoint(checkpoint: dict, path: str) -> None:
-    """Write atomically: an interrupted save leaves the previous checkpoint intact."""
-    torch.save(checkpoint, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    """Write atomically: an interrupted save leaves the previous checkpoint intact. A failed one
+    (a full disk) removes its temporary file and is one line, with the space it needs."""
+    try:  # into a Python file: a full disk is then an OSError (ENOSPC), not a C++ RuntimeError
+        with open(path + ".tmp", "wb") as f:
+            torch.save(checkpoint, f)
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
+        needed = ByteCount()
+        torch.save(checkpoint, needed)
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+        kept = ("the previous checkpoint is intact: free some space and continue with "
+                "--init_from=resume" if os.path.exists(path) else "free some space and start again")
+        fail(f"cannot save {path} ({e.strerror}): it needs {needed.size:,} bytes, {free:,} "
+             f"are free there; {kept}")
 
 
 def rng_state(batches: "TrainBatches") -> dict:
@@ -343,11 +370,38 @@ def get_temperature(it: int, c: dict) -> float:
     return c["temperature"] * (c["temperature_final"] / c["temperature"]) ** progress
 
 
+def strict_json(value):
+    """value with None (null) for NaN and the infinities: log.jsonl is strict JSON (RFC 8259 has
+    neither), which jq and pandas read."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: strict_json(v) for key, v in value.items()}
+    if isinstance(value, list):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def stop_signal(received: list, ddp: bool, device: str, agree_now: bool) -> int:
+    """The signal that stops the run after this step, 0 for none: the first one received. A single
+    process reads its list after every step. Under DDP a signal reaches each process at its own
+    moment, so at the steps where agree_now (every log_interval-th: the all-reduce waits for the
+    GPU) they agree on the largest and all stop after the same step."""
+    signum = received[0] if received else 0
+    if ddp:
+        if not agree_now:
+            return 0
+        flag = torch.tensor(signum, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        signum = int(flag.item())
+    return signum
+
+
 def prepare_out_dir(c: dict, ckpt_path: str, log_path: str, resumed_iter) -> None:
     """The first write of a run, after every check. A new run starts an empty log, after deleting
-    the checkpoint of the run it overwrites. A resumed run keeps the log lines up to its
-    checkpoint's iteration; those after it (evaluations that a crash cut off before their
-    checkpoint, or that saved none) are evaluated and written again."""
+    the checkpoint of the run it overwrites. A resumed run keeps the log lines up to
+    resumed_iter, the last evaluation its checkpoint holds; those after it (evaluations that a
+    crash cut off before their checkpoint, or that saved none) are evaluated and written again."""
     try:
         os.makedirs(c["out_dir"], exist_ok=True)
         kept = []
@@ -365,6 +419,17 @@ def prepare_out_dir(c: dict, ckpt_path: str, log_path: str, resumed_iter) -> Non
 
 
 def main(argv: list) -> None:
+    """train.py's command line: run(argv), then the handlers of SIGINT and SIGTERM as they were
+    (run replaces them with its save-and-stop), for a caller in the same process."""
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        run(argv)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+def run(argv: list) -> None:
     c, given = configure(argv)
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     ddp, master = world_size > 1, rank == 0
@@ -436,16 +501,22 @@ def main(argv: list) -> None:
     scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))
     optimizer = model.configure_optimizers(c["weight_decay"], c["learning_rate"],
                                            (c["beta1"], c["beta2"]), device_type)
-    iter_num, best_val_loss, elapsed_s, resumed_at = 0, float("inf"), 0.0, None
+    iter_num, best_val_loss, elapsed_s, resumed_at, saved_iter = 0, float("inf"), 0.0, None, None
     if c["init_from"] == "resume":
         optimizer.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint["scaler"])
         set_rng_state(checkpoint["rng"][rank], data_rng)
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
-        elapsed_s, resumed_at = checkpoint["elapsed_s"], iter_num
+        # an interrupt saves before its iteration's evaluation: the resumed run evaluates it
+        elapsed_s, saved_iter = checkpoint["elapsed_s"], iter_num
+        resumed_at = iter_num if checkpoint.get("evaluated", True) else iter_num - 1
     checkpoint = None  # free memory
     if master and not c["eval_only"]:
         prepare_out_dir(c, ckpt_path, log_path, resumed_at)
+    received = []  # Ctrl-C (SIGINT) and SIGTERM, from the first write on: the loop saves, stops
+    if not c["eval_only"]:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda signum, frame: received.append(signum))
     if master:
         print(f"{config.ffn} GPT: {model.get_num_params() / 1e6:.2f}M parameters, "
               f"{model.get_num_active_params() / 1e6:.2f}M active per token, "
@@ -488,11 +559,29 @@ def main(argv: list) -> None:
         eval_model.train()
         return result
 
-    def save(rng_states: list) -> None:
-        save_checkpoint(dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
+    def diverged(what: str) -> None:
+        """Stop a run whose loss or weights are no longer finite, before they are saved over the
+        last finite checkpoint. (fp16's GradScaler skips a step whose gradients overflow: its
+        loss is finite, and that run goes on.)"""
+        kept = (f"{ckpt_path} keeps iter {saved_iter}, the last finite checkpoint: resume it "
+                f"(--init_from=resume)" if saved_iter is not None
+                else "no checkpoint was saved: start again")
+        fail(f"{what} is not finite at iter {iter_num}: the run diverged; {kept} with a lower "
+             f"learning_rate or with grad_clip set (e.g. 1.0), or train in bfloat16 instead of "
+             f"float16")
+
+    def save(rng_states: list, evaluated: bool = True) -> None:
+        """Checkpoint the run at iter_num; `evaluated`: after iter_num's evaluation (if due)."""
+        nonlocal saved_iter
+        weights = raw_model.state_dict()
+        bad = nonfinite(weights)  # even with finite losses: an expert no eval token reached
+        if bad:
+            diverged(f"weight {bad[0]}")
+        save_checkpoint(dict(model=weights, optimizer=optimizer.state_dict(),
                              scaler=scaler.state_dict(), model_args=asdict(config),
                              iter_num=iter_num, best_val_loss=best_val_loss, elapsed_s=elapsed_s,
-                             config=c, meta=meta, rng=rng_states), ckpt_path)
+                             config=c, meta=meta, rng=rng_states, evaluated=evaluated), ckpt_path)
+        saved_iter = iter_num
 
     if c["eval_only"] and master:  # evaluate the model as it is and write nothing
         losses = evaluate()
@@ -500,10 +589,11 @@ def main(argv: list) -> None:
               f"val loss {losses['val_loss']:.4f}")
 
     # the training loop: evaluate, log and checkpoint every eval_interval and at the end (not
-    # again at the iteration a resumed run starts from), then one optimizer step
+    # again those the resumed checkpoint holds), then one optimizer step; after it, a stop signal
+    # saves and stops
     accumulation_steps = c["gradient_accumulation_steps"] // world_size  # per process
     tokens_per_iter = c["gradient_accumulation_steps"] * c["batch_size"] * c["block_size"]
-    tokens_since_eval, time_since_eval, running_mfu, steps_run = 0, 0.0, -1.0, 0
+    tokens_since_eval, time_since_eval, running_mfu, steps_run, stop = 0, 0.0, -1.0, 0, 0
     batches = TrainBatches(splits["train"], c, data_rng, device)
     X, Y = batches.next()
     while not c["eval_only"]:
@@ -532,7 +622,9 @@ def main(argv: list) -> None:
             # the line first, then the checkpoint: a resumed run drops the lines past its
             # checkpoint's iteration and writes them again, so no crash leaves a duplicate or gap
             with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
+            if not (math.isfinite(losses["train_loss"]) and math.isfinite(losses["val_loss"])):
+                diverged("the eval loss")
             tokens_since_eval, time_since_eval = 0, 0.0
             improved = losses["val_loss"] < best_val_loss
             best_val_loss = min(best_val_loss, losses["val_loss"])
@@ -568,10 +660,23 @@ def main(argv: list) -> None:
                 running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
             print(f"iter {iter_num}: loss {lm_loss_value:.4f}, time {dt * 1000:.1f}ms, "
                   f"{tokens_per_iter / dt:,.0f} tokens/s, mfu {running_mfu * 100:.2f}%")
+            if not math.isfinite(lm_loss_value):  # checked as printed: no wait for the GPU
+                diverged("the train loss")
         iter_num += 1
+        stop = stop_signal(received, ddp, device, iter_num % c["log_interval"] == 0)
+        if stop:  # every process takes part; the checkpoint resumes exactly
+            rng_states = gather_rng_states(batches, world_size)
+            if master:
+                save(rng_states, evaluated=False)
+            break
     if ddp:  # leave together, once rank 0 has written its last evaluation and checkpoint
         dist.barrier()
         dist.destroy_process_group()
+    if stop:
+        if master:
+            print(f"interrupted at iter {iter_num}: saved {ckpt_path}; continue with "
+                  f"--init_from=resume", file=sys.stderr)
+        raise SystemExit(128 + stop)  # the shell's code for "ended by signal `stop`"
 
 
 if __name__ == "__main__":

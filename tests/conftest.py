@@ -23,6 +23,15 @@ TINY = ["--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_
         "--warmup_iters=2", "--lr_decay_iters=20", "--dropout=0.1"]
 
 
+def read_log(out_dir) -> list:
+    """The records of out_dir/log.jsonl, each line read as strict JSON (RFC 8259): a NaN or
+    Infinity token, which Python's json.loads would take, fails the test."""
+    def reject(token):
+        raise ValueError(f"{token} in {out_dir}/log.jsonl is not JSON")
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [json.loads(line, parse_constant=reject) for line in f]
+
+
 def make_data_root(path):
     """path, made a data root with shakespeare_char prepared from a small generated corpus."""
     (path / "shakespeare_char").mkdir(parents=True)
@@ -39,9 +48,8 @@ def data_root(tmp_path):
 @pytest.fixture
 def run_train(data_root):
     """run_train(out_dir, *flags): train a tiny model on the tiny dataset; returns its log
-    records."""
+    records (strict JSON)."""
     def run(out_dir, *args):
         train.main(TINY + [f"--data_root={data_root}", f"--out_dir={out_dir}", *args])
-        with open(os.path.join(out_dir, "log.jsonl")) as f:
-            return [json.loads(line) for line in f]
+        return read_log(out_dir)
     return run

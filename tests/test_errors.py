@@ -57,6 +57,14 @@ def reversed_chars(run):
     path.write_text(json.dumps(dict(meta, chars=meta["chars"][::-1])))
 
 
+def diverged_checkpoint(run):
+    """The checkpoint of a run that diverged, as train.py no longer saves one: NaN weights."""
+    path = run / "out" / "ckpt.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["model"]["transformer.wte.weight"][0, 0] = float("nan")
+    torch.save(checkpoint, path)
+
+
 def error(e: pytest.ExceptionInfo) -> str:
     message = str(e.value)
     assert message.startswith("error: ") and "\n" not in message
@@ -105,6 +113,7 @@ TRAIN_ERRORS = [  # (flags, damage to the run's copy, words the line must hold)
     (["--init_from=resume", "--dataset=other"], None, ["dataset='other' contradicts"]),
     (["--init_from=resume", "--batch_size=8"], None, ["batch_size=8 contradicts"]),
     (["--init_from=resume"], reversed_chars, ["meta.json is not the meta.json"]),
+    (["--init_from=resume"], diverged_checkpoint, ["non-finite weights", "transformer.wte"]),
     (["--init_from={run}/out", "--transition=discrete", "--n_layer=3"], None,
      ["n_layer=3 contradicts", "converted run keeps its model"]),
 ]
@@ -135,6 +144,7 @@ SAMPLE_ERRORS = [
      ["latin1.txt", "not UTF-8"]),
     (["--device=cuda"], None, ["--device=cuda", "CUDA is not available"]),
     (["--start=Zebra"], None, ["'Z'"]),
+    (["--start=Speak"], diverged_checkpoint, ["ckpt.pt holds non-finite weights", "diverged"]),
 ]
 
 
@@ -184,6 +194,7 @@ CLI_ERRORS = [  # (command, damage, words)
     (["train.py", "--bogus_flag=1"], None, ["bogus_flag"]),
     (["sample.py", "--top_k=0"], None, ["--top_k=0"]),
     (["sample.py"], truncated_checkpoint, ["truncated or corrupted"]),
+    (["sample.py"], diverged_checkpoint, ["non-finite weights"]),
 ]
 
 

@@ -1,7 +1,6 @@
 """Runs as systems: killed at random instants, on two processes (DDP on CPU with gloo), in
 bfloat16, compiled. Tiny models; train.py in subprocesses where the process itself is the point."""
 
-import json
 import os
 import random
 import signal
@@ -13,31 +12,25 @@ import pytest
 import torch
 
 import train
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, read_log
 
 # train.py whose checkpoint save says "saving", writes half the bytes, pauses, then the rest: a
 # kill right after that line lands inside the save, which must never cost the previous checkpoint.
 SLOW_SAVE = """
 import io, sys, time, torch, train
 real_save = torch.save
-def slow_save(obj, path):
+def slow_save(obj, f):
     print("saving", flush=True)
     buffer = io.BytesIO()
     real_save(obj, buffer)
     data = buffer.getvalue()
-    with open(path, "wb") as f:
-        f.write(data[:len(data) // 2])
-        f.flush()
-        time.sleep(0.2)
-        f.write(data[len(data) // 2:])
+    f.write(data[:len(data) // 2])
+    f.flush()
+    time.sleep(0.2)
+    f.write(data[len(data) // 2:])
 torch.save = slow_save
 train.main(sys.argv[1:])
 """
-
-
-def read_log(out_dir) -> list:
-    with open(os.path.join(out_dir, "log.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 def losses(log: list) -> list:
@@ -117,20 +110,42 @@ torch.save(dict(inputs=inputs, params=models[0].state_dict(), saves=len(saves)),
 """
 
 
-def torchrun(script, *args, **env):
-    """torchrun --standalone --nproc_per_node=2 script args, on CPU."""
+# torchrun target: train.py whose rank 1 alone sends itself SIGTERM in its SIGNAL_AT-th
+# training forward, as a scheduler's signal reaches the processes each at its own moment
+SIGNALLED = """
+import os, signal, sys
+sys.path.insert(0, os.getcwd())  # the repository root
+import train
+from mot import GPT
+forward, steps = GPT.forward, []
+def signalled_forward(self, idx, *args, **kwargs):
+    if self.training and os.environ["RANK"] == "1":
+        steps.append(idx)
+        if len(steps) == int(os.environ["SIGNAL_AT"]):
+            os.kill(os.getpid(), signal.SIGTERM)
+    return forward(self, idx, *args, **kwargs)
+GPT.forward = signalled_forward
+train.main(sys.argv[1:])
+"""
+
+
+def torchrun(script, *args, returncode=0, **env):
+    """torchrun --standalone --nproc_per_node=2 script args, on CPU; its stderr."""
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                              "--nproc_per_node=2", script, *args], cwd=ROOT, capture_output=True,
                             text=True, timeout=300,  # a process waiting for the other fails
                             env=dict(os.environ, CUDA_VISIBLE_DEVICES="", **env))
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == returncode, result.stderr[-3000:]
+    return result.stderr
 
 
 def test_ddp_on_cpu_with_two_processes(data_root, tmp_path):
     """torchrun with 2 CPU processes (gloo): the processes train on different batches and end
     with identical parameters; only rank 0 writes; a 2-process run resumed continues exactly as
     an uninterrupted one (each process gets its own random streams back). MoT with dropout: the
-    final evaluation on rank 0 alone must not wait for the other process."""
+    final evaluation on rank 0 alone must not wait for the other process. SIGTERM to rank 1 alone
+    during iter 3 stops both processes after it, with one line and a checkpoint at iter 4 (due
+    for an evaluation, not yet made), which resumes exactly."""
     args = TINY + [f"--data_root={data_root}", "--ffn=mot", "--gradient_accumulation_steps=2"]
     full, split = tmp_path / "full", tmp_path / "split"
     (tmp_path / "probe.py").write_text(PROBE)
@@ -152,6 +167,18 @@ def test_ddp_on_cpu_with_two_processes(data_root, tmp_path):
     resumed = torch.load(split / "ckpt.pt", weights_only=True)
     assert all(torch.equal(resumed["model"][k], v) for k, v in expected["model"].items())
     assert not torch.equal(expected["rng"][0]["data"], expected["rng"][1]["data"])
+
+    stopped = tmp_path / "stopped"
+    (tmp_path / "signalled.py").write_text(SIGNALLED)
+    stderr = torchrun(str(tmp_path / "signalled.py"), *args, "--max_iters=8",
+                      f"--out_dir={stopped}", returncode=1, SIGNAL_AT="4")  # in iter 3
+    assert stderr.count(f"interrupted at iter 4: saved {stopped / 'ckpt.pt'}") == 1
+    assert "exitcode  : 143" in stderr  # torchrun's report of its processes
+    assert torch.load(stopped / "ckpt.pt", weights_only=True)["iter_num"] == 4
+    torchrun("train.py", *args, "--max_iters=8", f"--out_dir={stopped}", "--init_from=resume")
+    assert losses(read_log(stopped)) == losses(log)
+    resumed = torch.load(stopped / "ckpt.pt", weights_only=True)
+    assert all(torch.equal(resumed["model"][k], v) for k, v in expected["model"].items())
     with pytest.raises(SystemExit, match="nproc_per_node=2"):
         train.main(args + [f"--out_dir={full}", "--init_from=resume", "--max_iters=10"])
 

@@ -108,8 +108,7 @@ def test_checkpoint_loads_weights_only_and_save_is_atomic(tmp_path, monkeypatch,
     assert set(checkpoint["rng"][0]) == {"torch", "cuda", "data"}
 
     def interrupted_save(obj, f):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
+        f.write(b"partial")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", interrupted_save)
