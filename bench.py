@@ -235,6 +235,8 @@ parser.add_argument("--sampling", action="store_true",
 parser.add_argument("--step", action="store_true",
                     help="time the whole training step of each FFN kind instead")
 parser.add_argument("--rounds", type=int, default=7, help="--step: interleaved rounds")
+parser.add_argument("--shape", choices=["cpu", "gpu", "both"], default="both",
+                    help="--step: the CPU recipe's model shape, the GPU recipe's, or both")
 parser.add_argument("--tiny", action="store_true", help="tiny sizes, to check that the script runs")
 
 if __name__ == "__main__":
@@ -246,6 +248,8 @@ if __name__ == "__main__":
                               moe=dict(n_experts=8, moe_top_k=1))
     args.step_shapes = [("CPU recipe", dict(n_layer=4, n_head=4, n_embd=128, block_size=64), 32),
                         ("GPU recipe", args.sampling_model, 64 if "cuda" in args.device else 32)]
+    args.step_shapes = {"cpu": args.step_shapes[:1], "gpu": args.step_shapes[1:],
+                        "both": args.step_shapes}[args.shape]
     args.step_ffns = {"dense": {}, "mot E=128 G=32": dict(ffn="mot", n_experts=128, group_size=32),
                       "mot E=32 G=8": dict(ffn="mot", n_experts=32, group_size=8),
                       "moe top-1 E=8": dict(ffn="moe", n_experts=8, moe_top_k=1)}
