@@ -57,11 +57,12 @@ GPT2_PATTERN = (r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+
 
 
 def small_bpe() -> tiktoken.Encoding:
-    """A byte-level BPE like GPT-2's: every byte a token, a few merges learnt from CORPUS, and
-    <|endoftext|> = 50256 as in GPT-2, so that ids span GPT-2's vocabulary."""
+    """A byte-level BPE with GPT-2's vocabulary size: the 256 bytes, then byte pairs (in byte
+    order) up to id 50255, and <|endoftext|> = 50256 as in GPT-2: every id a model of GPT-2's
+    vocabulary emits decodes."""
     ranks = {bytes([b]): b for b in range(256)}
-    for merge in (b"ea", b"pe", b"pea", b"ak", b"Sp", b"Spe", b"Speak", b"er", b" f", b"ar"):
-        ranks[merge] = len(ranks)
+    pairs = (bytes([a, b]) for a in range(256) for b in range(256))
+    ranks.update((pair, rank) for rank, pair in zip(range(256, 50256), pairs))
     return tiktoken.Encoding("small_gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                              special_tokens={"<|endoftext|>": 50256})
 

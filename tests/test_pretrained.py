@@ -113,7 +113,7 @@ def test_finetune_gpt2_refuses_other_settings_and_char_data(gpt2_dir, data_root,
                            f"--out_dir={tmp_path / 'a'}", f"--init_from={path}", "--n_embd=32"])
     with pytest.raises(SystemExit, match="^error: .* is GPT-2, which reads the GPT-2 BPE"):
         train.main(TINY + [f"--data_root={data_root}", f"--out_dir={tmp_path / 'b'}",
-                           f"--init_from={path}"])
+                           "--dropout=0.0", f"--init_from={path}"])
 
 
 def test_sample_from_gpt2(gpt2_dir, gpt2_bpe, capsys):
