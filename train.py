@@ -34,6 +34,8 @@ CUDA = torch.cuda.is_available()
 MODEL_FIELDS = tuple(f.name for f in fields(GPTConfig) if f.name != "vocab_size")
 # what GPT.upcycle keeps from its source; the new layers take this run's other MODEL_FIELDS
 KEPT_BY_UPCYCLE = tuple(f for f in MODEL_FIELDS if f in TRUNK_FIELDS)
+NEW_LAYER_FIELDS = tuple(f for f in MODEL_FIELDS
+                         if f not in KEPT_BY_UPCYCLE + ("ffn", "expert_bias"))
 DEFAULTS = dict(
     # I/O
     out_dir="out", eval_interval=250, log_interval=10, eval_iters=200, eval_only=False,
@@ -458,16 +460,10 @@ def main(argv: list) -> None:
                                   vocab_size=meta["vocab_size"]))
         except ValueError as e:
             fail(str(e))
-    elif c["transition"]:  # transition tuning: the MoT converted to run unmixed
-        try:
-            model = model.to_sparse(c["transition"])
-        except ValueError as e:
-            fail(f"{c['init_from']}: {e}")
-    elif c["upcycle"]:  # the dense FFNs grown into this run's MoT or MoE layers
-        try:
-            model = model.upcycle(c["upcycle"], **{k: c[k] for k in MODEL_FIELDS
-                                                   if k not in KEPT_BY_UPCYCLE + ("ffn",
-                                                                                  "expert_bias")})
+    elif c["init_from"] != "resume" and (c["transition"] or c["upcycle"]):
+        try:  # transition tuning: the MoT converted to run unmixed; or the dense FFNs grown
+            model = (model.to_sparse(c["transition"]) if c["transition"] else
+                     model.upcycle(c["upcycle"], **{k: c[k] for k in NEW_LAYER_FIELDS}))
         except ValueError as e:
             fail(f"{c['init_from']}: {e}")
     config = model.config
