@@ -40,7 +40,8 @@ DEFAULTS = dict(
     # I/O
     out_dir="out", eval_interval=250, log_interval=10, eval_iters=200, eval_only=False,
     always_save_checkpoint=True,
-    # "scratch" | "resume" | the out_dir of a run (converted by --transition or --upcycle) |
+    # "scratch" | "resume" | the out_dir of a run: its weights and data with a new optimizer and
+    # schedule, converted by --transition or --upcycle, or as they are (finetuning) |
     # "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl" or a directory saved by transformers: GPT-2's
     # weights (pip install transformers), finetuned as they are or upcycled
     init_from="scratch",
@@ -211,11 +212,6 @@ def validate(c: dict, world_size: int, ckpt_path: str) -> None:
          "grows a dense model: give its out_dir, or gpt2, as --init_from"),
         ("upcycle", c["upcycle"] is None or c["transition"] is None,
          "and transition both convert the source: give one"),
-        ("transition", c["transition"] is not None or c["upcycle"] is not None
-         or c["init_from"] in ("scratch", "resume") or is_pretrained(c["init_from"]),
-         f"--init_from={c['init_from']!r} starts from that run's checkpoint: add "
-         f"--transition=discrete or --transition=token_choice, or --upcycle=mot or "
-         f"--upcycle=moe (or use scratch or resume)"),
         ("wandb_log", not c["wandb_log"] or importlib.util.find_spec("wandb") is not None,
          "needs the wandb package: pip install wandb"),
     ]
@@ -422,8 +418,7 @@ def main(argv: list) -> None:
             fail(f"{ckpt_path} was written by {len(checkpoint['rng'])} processes, this run has "
                  f"{world_size}: resume with as many (torchrun --nproc_per_node="
                  f"{len(checkpoint['rng'])}), each continues its own batches")
-    elif c["init_from"] != "scratch" and (c["transition"] or c["upcycle"]
-                                          or is_pretrained(c["init_from"])):
+    elif c["init_from"] != "scratch":  # converted, grown, or finetuned as it is
         model, checkpoint = load_source(c["init_from"])
         # upcycled: the new layers take this run's settings; finetuned GPT-2: its FFN is dense
         kept = (KEPT_BY_UPCYCLE if c["upcycle"] else MODEL_FIELDS if c["transition"]
