@@ -420,9 +420,9 @@ def main(argv: list) -> None:
                  f"{len(checkpoint['rng'])}), each continues its own batches")
     elif c["init_from"] != "scratch":  # converted, grown, or finetuned as it is
         model, checkpoint = load_source(c["init_from"])
-        # upcycled: the new layers take this run's settings; finetuned GPT-2: its FFN is dense
-        kept = (KEPT_BY_UPCYCLE if c["upcycle"] else MODEL_FIELDS if c["transition"]
-                else KEPT_BY_UPCYCLE + ("ffn", "dropout"))
+        # upcycled: the new layers take this run's settings; GPT-2 as it is: a dense FFN
+        kept = (KEPT_BY_UPCYCLE if c["upcycle"] else KEPT_BY_UPCYCLE + ("ffn", "dropout")
+                if is_pretrained(c["init_from"]) else MODEL_FIELDS)
         settings_from_checkpoint(c, given, checkpoint, c["init_from"], kept + ("dataset",))
     validate(c, world_size, ckpt_path)
     device_type = torch.device(c["device"]).type

@@ -149,8 +149,9 @@ def step0(S: dict, directory: str, batches: int = 4) -> None:
             model = dense.upcycle(upcycle, **settings)
             distances = [((b.ffn(i) - d.ffn(i)).norm() / d.ffn(i).norm()).item()
                          for b, d, i in zip(model.transformer.h, dense.transformer.h, inputs)]
+            loss = model(x, y)[1].item()
             print(f"{name}: relative distance per layer "
-                  f"{', '.join(f'{v:.3f}' for v in distances)}; val loss {model(x, y)[1].item():.4f}")
+                  f"{', '.join(f'{v:.3f}' for v in distances)}; val loss {loss:.4f}")
 
 
 def main(argv=None, S=EXPERIMENT) -> None:
