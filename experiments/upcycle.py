@@ -22,11 +22,15 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 
 import numpy as np
 import torch
 
 from study import ROOT, execute, mean_std, path, read_results
+
+sys.path.insert(0, ROOT)
+from mot import GPT  # noqa: E402
 
 EXPERIMENT = dict(
     config="config/train_shakespeare_char_cpu.py", steps=2000, more=1000, seeds=[0, 1],
@@ -127,7 +131,6 @@ def table(S: dict) -> str:
 def step0(S: dict, directory: str, batches: int = 4) -> None:
     """For each upcycled target: each layer's relative distance ‖upcycled − dense‖/‖dense‖ on
     the dense model's own inputs to that layer, and the whole model's val loss, at step 0."""
-    from mot import GPT
     dense, checkpoint = GPT.from_checkpoint(os.path.join(directory, "ckpt.pt"))
     cfg = checkpoint["config"]
     data = np.memmap(os.path.join(cfg["data_root"], cfg["dataset"], "val.bin"), dtype=np.uint16,
