@@ -28,7 +28,9 @@ class GPTConfig:
     n_head: int = 6
     n_embd: int = 384
     dropout: float = 0.0
-    bias: bool = False  # biases in Linears and LayerNorms (experts never have biases)
+    bias: bool = False  # biases in Linears and LayerNorms (experts: see expert_bias)
+    activation: str = "relu"  # of every FFN: "relu" (the MoT authors') | "gelu" (GPT-2's, tanh)
+    expert_bias: bool = False  # biases in the experts: upcycling copies a dense FFN's into them
     ffn: str = "dense"  # a key of FFNS: "dense" | "mot" | "moe" | "mot_emit_softmax"
     n_dense_layers: int = 0  # the first n blocks keep a dense FFN (the paper: the first half)
     n_experts: int = 32
@@ -54,6 +56,8 @@ class GPTConfig:
                       "group_size", "moe_top_k"):
             require(getattr(self, field) > 0, field, "must be a positive integer")
         require(self.ffn in FFNS, "ffn", f"must be one of {tuple(FFNS)}")
+        require(self.activation in ACTIVATIONS, "activation",
+                f"must be one of {tuple(ACTIVATIONS)}")
         require(self.n_embd % self.n_head == 0, "n_embd",
                 f"must be divisible by n_head={self.n_head}")
         require(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
@@ -118,17 +122,42 @@ class CausalSelfAttention(nn.Module):
 # FFNS (below the classes) maps GPTConfig.ffn to the class.
 
 
-def activation(x: torch.Tensor) -> torch.Tensor:
-    """ReLU, the one activation of every FFN so that comparisons are fair (the MoT authors use
-    ReLU). In place: the matmul that produces x does not keep its output for the backward pass,
-    and one large allocation less is measurably faster on a CPU."""
+# The activation of every FFN of a GPT (GPTConfig.activation), the same for all so that
+# comparisons are fair.
+def relu(x: torch.Tensor) -> torch.Tensor:
+    """ReLU, the MoT authors' choice. In place: the matmul that produces x does not keep its
+    output for the backward pass, and one large allocation less is measurably faster on a CPU."""
     return F.relu(x, inplace=True)
 
 
-def experts(tokens: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
-    """E stacked expert FFNs in two batched matmuls: tokens (E, N, C), w1 (E, C, H), w2 (E, H, C)
-    -> (E, N, C): expert e computes w2[e]·relu(w1[e]·token) on its N tokens."""
-    return torch.bmm(activation(torch.bmm(tokens, w1)), w2)
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's GELU, the tanh approximation it was trained with (transformers' gelu_new)."""
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS = {"relu": relu, "gelu": gelu}
+
+
+def experts(tokens: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, activation=relu,
+            b1: Optional[torch.Tensor] = None, b2: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """E stacked expert FFNs in two batched matmuls: tokens (E, N, C), w1 (E, C, H), w2 (E, H, C),
+    biases b1 (E, H) and b2 (E, C) or None -> (E, N, C): expert e computes
+    w2[e]·activation(w1[e]·token + b1[e]) + b2[e] on its N tokens."""
+    def linear(x, w, b):
+        return torch.bmm(x, w) if b is None else torch.baddbmm(b.unsqueeze(1), x, w)
+    return linear(activation(linear(tokens, w1, b1)), w2, b2)
+
+
+def expert_biases(module: nn.Module, n_experts: int, expert_size: int, n_embd: int,
+                  bias: bool) -> None:
+    """module.b1 (E, H) and module.b2 (E, C), zero at init, or None when bias is False."""
+    module.b1 = nn.Parameter(torch.zeros(n_experts, expert_size)) if bias else None
+    module.b2 = nn.Parameter(torch.zeros(n_experts, n_embd)) if bias else None
+
+
+def expert_params(module: nn.Module) -> int:
+    """The parameters of all of module's experts: w1, w2 and their biases."""
+    return sum(p.numel() for p in (module.w1, module.w2, module.b1, module.b2) if p is not None)
 
 
 # A token-choice MoE gives each expert a different number of tokens. Sorted by expert, the tokens
@@ -198,8 +227,9 @@ class MLP(nn.Module):
     """The dense FFN: C -> 4C -> C."""
 
     def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = False,
-                 residual_init_std: float = INIT_STD):
+                 residual_init_std: float = INIT_STD, activation: str = "relu"):
         super().__init__()
+        self.activation = ACTIVATIONS[activation]
         self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
         self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
         self.dropout = nn.Dropout(dropout)
@@ -211,7 +241,8 @@ class MLP(nn.Module):
 
     @classmethod
     def from_config(cls, config: GPTConfig) -> "MLP":
-        return cls(config.n_embd, config.dropout, config.bias, config.residual_init_std)
+        return cls(config.n_embd, config.dropout, config.bias, config.residual_init_std,
+                   config.activation)
 
     def reset_parameters(self) -> None:
         for linear, std in ((self.c_fc, INIT_STD), (self.c_proj, self.residual_init_std)):
@@ -220,7 +251,7 @@ class MLP(nn.Module):
                 nn.init.zeros_(linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(activation(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.activation(self.c_fc(x))))
 
     def num_active_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -242,7 +273,8 @@ class MixtureOfTokens(nn.Module):
                  expert_size: Optional[int] = None, temperature: float = 1.0,
                  learnable_temperature: bool = False, routing: str = "continuous",
                  dropout: float = 0.0, residual_init_std: float = INIT_STD,
-                 controller_init_std: Optional[float] = None):
+                 controller_init_std: Optional[float] = None, activation: str = "relu",
+                 expert_bias: bool = False):
         super().__init__()
         C, E, G = n_embd, n_experts, group_size
         H = expert_size or self.flop_matched_expert_size(C, E, G)
@@ -250,6 +282,8 @@ class MixtureOfTokens(nn.Module):
         self.controller = nn.Parameter(torch.empty(C, E))  # W_ctrl, no bias (step 2)
         self.w1 = nn.Parameter(torch.empty(E, C, H))  # E stacked experts (step 4)
         self.w2 = nn.Parameter(torch.empty(E, H, C))
+        expert_biases(self, E, H, C, expert_bias)
+        self.activation = ACTIVATIONS[activation]
         log_temperature = torch.tensor(math.log(temperature))  # τ = exp(θ) stays > 0
         if learnable_temperature:
             self.log_temperature = nn.Parameter(log_temperature)
@@ -268,7 +302,7 @@ class MixtureOfTokens(nn.Module):
         return cls(config.n_embd, config.n_experts, config.group_size, config.expert_size,
                    config.temperature, config.learnable_temperature, config.mot_routing,
                    config.dropout, config.residual_init_std,
-                   config.controller_init_std)
+                   config.controller_init_std, config.activation, config.expert_bias)
 
     @staticmethod
     def flop_matched_expert_size(n_embd: int, n_experts: int, group_size: int) -> int:
@@ -298,7 +332,8 @@ class MixtureOfTokens(nn.Module):
         logits = groups @ self.controller  # (n, T, G, E)  2. controller scores
         weights = self.get_merge_weights(logits)  # (n, T, G, E)     sum to 1 over G
         merged = weights.transpose(2, 3) @ groups  # (n, T, E, C)  3. merge
-        y = experts(merged.flatten(0, 1).transpose(0, 1), self.w1, self.w2)  # (E, nT, C)  4.
+        y = experts(merged.flatten(0, 1).transpose(0, 1), self.w1, self.w2,  # (E, nT, C)  4.
+                    self.activation, self.b1, self.b2)
         y = y.transpose(0, 1).view(-1, T, E, C)  # (n, T, E, C)
         out = self.get_emit_weights(logits, weights) @ y  # (n, T, G, C)  5. emit
         if not self.training:  # kept for inspection (merge_entropy); a copy training skips
@@ -344,7 +379,7 @@ class MixtureOfTokens(nn.Module):
 
     def num_active_params(self) -> int:
         # Each group of G tokens pays for one application of every expert.
-        return self.controller.numel() + (self.w1.numel() + self.w2.numel()) // self.group_size
+        return self.controller.numel() + expert_params(self) // self.group_size
 
     def mixing_macs_per_token(self) -> int:
         return 2 * self.controller.numel()  # merge and emit: C·E each
@@ -371,7 +406,8 @@ class MixtureOfExperts(nn.Module):
     def __init__(self, n_embd: int, n_experts: int, top_k: int = 1,
                  expert_size: Optional[int] = None, routing: str = "token_choice",
                  capacity_factor: Optional[float] = None, aux_loss_coef: float = 0.01,
-                 dropout: float = 0.0, residual_init_std: float = INIT_STD):
+                 dropout: float = 0.0, residual_init_std: float = INIT_STD,
+                 activation: str = "relu", expert_bias: bool = False):
         super().__init__()
         C, E = n_embd, n_experts
         H = expert_size or self.flop_matched_expert_size(C, E, top_k)
@@ -382,6 +418,8 @@ class MixtureOfExperts(nn.Module):
         self.router = nn.Parameter(torch.empty(C, E))
         self.w1 = nn.Parameter(torch.empty(E, C, H))
         self.w2 = nn.Parameter(torch.empty(E, H, C))
+        expert_biases(self, E, H, C, expert_bias)
+        self.activation = ACTIVATIONS[activation]
         self.dropout = nn.Dropout(dropout)
         self.residual_init_std = residual_init_std
         self.aux_loss = torch.zeros(())
@@ -391,7 +429,8 @@ class MixtureOfExperts(nn.Module):
     def from_config(cls, config: GPTConfig) -> "MixtureOfExperts":
         return cls(config.n_embd, config.n_experts, config.moe_top_k, config.expert_size,
                    config.moe_routing, config.capacity_factor, config.aux_loss_coef,
-                   config.dropout, config.residual_init_std)
+                   config.dropout, config.residual_init_std, config.activation,
+                   config.expert_bias)
 
     @staticmethod
     def flop_matched_expert_size(n_embd: int, n_experts: int, top_k: int) -> int:
@@ -418,7 +457,8 @@ class MixtureOfExperts(nn.Module):
         if self.expert_choice:
             capacity = min(N, math.ceil(N * k * (self.capacity_factor or 1.0) / E))
             gates, token = probs.t().topk(capacity, dim=1)  # (E, c): each expert picks its tokens
-            y = experts(xf[token], self.w1, self.w2) * gates.unsqueeze(-1)  # (E, c, C)
+            y = experts(xf[token], self.w1, self.w2, self.activation, self.b1,
+                        self.b2) * gates.unsqueeze(-1)  # (E, c, C)
             out = y.new_zeros(N, C).index_add_(0, token.flatten(), y.view(-1, C))
             self.aux_loss = torch.zeros((), device=x.device)
             return self.dropout(out.view(B, T, C))
@@ -435,8 +475,13 @@ class MixtureOfExperts(nn.Module):
             capacity = math.ceil(self.capacity_factor * N * k / E)
             place = torch.arange(N * k, device=x.device) - (offsets - load)[expert[order]]
             gates = gates * (place < capacity)  # dropped: computed, weighted 0 (shapes stay fixed)
-        hidden = activation(grouped_mm(xf.index_select(0, order % N), self.w1, offsets))  # kN, H
-        y = grouped_mm(hidden, self.w2, offsets) * gates.unsqueeze(-1)  # (kN, C), sorted
+        hidden = grouped_mm(xf.index_select(0, order % N), self.w1, offsets)  # (kN, H)
+        if self.b1 is not None:
+            hidden = hidden + self.b1[expert[order]]
+        y = grouped_mm(self.activation(hidden), self.w2, offsets)  # (kN, C), sorted
+        if self.b2 is not None:
+            y = y + self.b2[expert[order]]
+        y = y * gates.unsqueeze(-1)
         y = y.index_select(0, order.argsort())  # back to priority order: choice j of token n
         out = y.view(k, N, C).sum(0)  # (N, C): each token's k weighted expert outputs
         # Switch load balancing: f_e = fraction of assignments to e, P_e = mean probability of e.
@@ -445,7 +490,7 @@ class MixtureOfExperts(nn.Module):
 
     def num_active_params(self) -> int:
         experts_per_token = self.top_k * (self.capacity_factor or 1.0 if self.expert_choice else 1)
-        per_expert = (self.w1.numel() + self.w2.numel()) // self.w1.shape[0]
+        per_expert = expert_params(self) // self.w1.shape[0]
         return self.router.numel() + int(experts_per_token * per_expert)
 
     def mixing_macs_per_token(self) -> int:
@@ -476,6 +521,40 @@ def nonfinite(tensors: dict) -> list:
     """The names of the floating-point tensors of `tensors` (a state dict) that hold a NaN or an
     infinity: the weights of a run that diverged."""
     return [name for name, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()]
+
+
+# GPT-2's checkpoints, as transformers' GPT2LMHeadModel holds them: the same tensors under the
+# same names but for `mlp` (here `ffn`), with the matrices of its Conv1D layers stored transposed.
+GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# The settings of the dense FFN's surroundings, which upcycling keeps (GPT.upcycle).
+TRUNK_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias", "activation")
+
+
+def gpt2_config(hf_config) -> GPTConfig:
+    """The GPTConfig of a transformers GPT2Config: GPT-2's biases, GELU and LayerNorm eps 1e-5
+    (nn.LayerNorm's), or a ValueError naming what this GPT cannot run."""
+    supported = dict(activation_function=("gelu_new", "gelu_pytorch_tanh"),
+                     layer_norm_epsilon=(1e-5,), n_inner=(None, 4 * hf_config.n_embd),
+                     scale_attn_weights=(True,), scale_attn_by_inverse_layer_idx=(False,),
+                     reorder_and_upcast_attn=(False,))
+    for key, values in supported.items():
+        if getattr(hf_config, key, values[0]) not in values:
+            raise ValueError(f"GPT-2 config has {key}={getattr(hf_config, key)!r}: this GPT "
+                             f"supports {' or '.join(map(repr, values))}")
+    return GPTConfig(block_size=hf_config.n_positions, vocab_size=hf_config.vocab_size,
+                     n_layer=hf_config.n_layer, n_head=hf_config.n_head, n_embd=hf_config.n_embd,
+                     dropout=0.0, bias=True, activation="gelu")
+
+
+def gpt2_state_dict(hf_state: dict) -> dict:
+    """A GPT2LMHeadModel's state dict under this GPT's names, Conv1D matrices transposed."""
+    state = {}
+    for name, tensor in hf_state.items():
+        if name.endswith((".attn.bias", ".attn.masked_bias")):  # causal masks of old versions
+            continue
+        state[name.replace(".mlp.", ".ffn.")] = tensor.t() if name.endswith(GPT2_CONV1D) else tensor
+    state.setdefault("lm_head.weight", state["transformer.wte.weight"])  # tied
+    return state
 
 
 class GPT(nn.Module):
@@ -534,6 +613,21 @@ class GPT(nn.Module):
                              f"first): its run diverged; train it again with a lower "
                              f"learning_rate or with grad_clip set")
         return model.to(device).eval(), checkpoint
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str) -> "GPT":
+        """GPT-2 (gpt2, gpt2-medium, gpt2-large or gpt2-xl, which transformers downloads, or a
+        directory written by transformers' save_pretrained) as a dense GPT in eval mode, with
+        GPT-2's settings: biases, GELU (tanh), vocab_size 50257, block_size 1024."""
+        try:
+            from transformers import GPT2LMHeadModel
+        except ImportError:
+            raise ImportError("GPT.from_pretrained needs the transformers package: "
+                              "pip install transformers") from None
+        hf = GPT2LMHeadModel.from_pretrained(name_or_path)
+        model = cls(gpt2_config(hf.config))
+        model.load_state_dict(gpt2_state_dict(hf.state_dict()))
+        return model.eval()
 
     def ffns(self, kind: type) -> list:
         """The FFN layers that are instances of `kind` (a class or a tuple of classes)."""
@@ -636,6 +730,61 @@ class GPT(nn.Module):
         sparse = GPT(sparse_config).to(device=weight.device, dtype=weight.dtype)
         sparse.load_state_dict(state)
         return sparse.train(self.training)
+
+    @torch.no_grad()
+    def upcycle(self, ffn: str, **settings) -> "GPT":
+        """A new GPT grown from this dense one ("sparse upcycling"): the same attention,
+        embeddings, norms and first n_dense_layers FFNs, and in the other blocks `ffn` layers
+        (a MoT or MoE key of FFNS) whose experts start from the block's dense FFN. settings: the
+        new layers' GPTConfig fields (n_experts, group_size, expert_size, temperature,
+        moe_top_k, n_dense_layers, dropout, ...); the TRUNK_FIELDS stay this model's.
+
+        Experts of width H cut the dense FFN's 4C hidden units into k = 4C/H slices, expert e
+        taking slice e mod k with its rows of c_fc, columns of c_proj and c_fc's biases, and
+        c_proj's bias divided by k: each run of k experts sums to the dense FFN (k = 1: every
+        expert a copy, Komatsuzaki et al. 2022). MoE experts must be copies: expert_size
+        None means 4C for MoE. The controller (MoT) or router (MoE) is drawn as in a new layer.
+        The README says what the layer computes at step 0. The new GPT has this one's dtype,
+        device and training mode."""
+        cfg = self.config
+        if cfg.ffn != "dense":
+            raise ValueError(f"upcycle grows a dense model, but this one has ffn={cfg.ffn!r}")
+        if ffn not in FFNS or not issubclass(FFNS[ffn], (MixtureOfTokens, MixtureOfExperts)):
+            raise ValueError(f"upcycle into ffn={ffn!r}: use one of "
+                             f"{[k for k, c in FFNS.items() if c is not MLP]}")
+        kept = sorted(set(settings) & set(TRUNK_FIELDS + ("ffn", "expert_bias")))
+        if kept:
+            raise ValueError(f"upcycle keeps the source's {', '.join(kept)}: leave them out")
+        if FFNS[ffn] is MixtureOfExperts and settings.get("expert_size") is None:
+            settings["expert_size"] = 4 * cfg.n_embd
+        try:
+            config = replace(cfg, ffn=ffn, expert_bias=cfg.bias, **settings)
+        except TypeError as e:
+            raise ValueError(f"upcycle: {e}") from None
+        weight = self.lm_head.weight
+        model = GPT(config).to(device=weight.device, dtype=weight.dtype)
+        source = self.state_dict()
+        for name, tensor in model.state_dict().items():
+            if name in source:
+                tensor.copy_(source[name])
+        for dense, block in zip(self.transformer.h, model.transformer.h):
+            if isinstance(block.ffn, MLP):
+                continue
+            E, C, H = block.ffn.w1.shape
+            k = 4 * C // H
+            if 4 * C % H or E % k or (k > 1 and isinstance(block.ffn, MixtureOfExperts)):
+                raise ValueError(f"upcycle: expert_size={H} must be 4·n_embd={4 * C} (copies)"
+                                 + ("" if isinstance(block.ffn, MixtureOfExperts) else
+                                    f" or 4·n_embd/k with n_experts={E} a multiple of k "
+                                    f"(slices)"))
+            units = torch.arange(E, device=weight.device) % k  # the slice of each expert
+            w_fc = dense.ffn.c_fc.weight.view(k, H, C)  # slice j: hidden units jH:(j+1)H
+            block.ffn.w1.copy_(w_fc.transpose(1, 2)[units])
+            block.ffn.w2.copy_(dense.ffn.c_proj.weight.view(C, k, H).permute(1, 2, 0)[units])
+            if cfg.bias:
+                block.ffn.b1.copy_(dense.ffn.c_fc.bias.view(k, H)[units])
+                block.ffn.b2.copy_((dense.ffn.c_proj.bias / k).expand(E, C))
+        return model.train(self.training)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

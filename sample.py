@@ -3,6 +3,7 @@ Sample from a model trained by train.py:
 
     python sample.py --out_dir=out-shakespeare-char-cpu --start="ROMEO:" --num_samples=3
     python sample.py --out_dir=out-shakespeare-char-cpu --start=FILE:prompt.txt --temperature=0
+    python sample.py --init_from=gpt2-xl --start="What is the answer?"   # pip install transformers
 
 --temperature=0 decodes greedily: each new token is the most likely one (top_k plays no part).
 
@@ -71,6 +72,9 @@ def companions(model: GPT, checkpoint: dict, num_samples: int, length: int,
 def main(argv: Optional[list] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--init_from", default="resume",
+                        help="resume: the run in --out_dir; gpt2, gpt2-medium, gpt2-large, "
+                             "gpt2-xl or a directory saved by transformers: GPT-2's weights")
     parser.add_argument("--out_dir", default="out", help="directory holding ckpt.pt")
     parser.add_argument("--start", default="\n",
                         help="prompt text, or FILE:path to read it from a file")
@@ -102,9 +106,14 @@ def main(argv: Optional[list] = None) -> None:
 
     torch.manual_seed(args.seed)
     try:
-        model, checkpoint = GPT.from_checkpoint(os.path.join(args.out_dir, "ckpt.pt"), args.device)
-    except ValueError as e:
-        fail(str(e))
+        if args.init_from == "resume":
+            model, checkpoint = GPT.from_checkpoint(os.path.join(args.out_dir, "ckpt.pt"),
+                                                    args.device)
+        else:  # GPT-2: dense, so no MoT group to fill with training text
+            model = GPT.from_pretrained(args.init_from).to(args.device)
+            checkpoint = dict(meta=dict(tokenizer="gpt2"))
+    except (ImportError, OSError, ValueError) as e:
+        fail(str(e).strip().splitlines()[0])
     encode, decode = load_tokenizer(checkpoint["meta"])
 
     start = args.start

@@ -819,8 +819,8 @@ def test_expert_choice_each_expert_processes_exactly_capacity_tokens(top_k, capa
     x = randn(2, 4, 8)
     capacity = math.ceil((capacity_factor or 1.0) * 8 * top_k / 4)
     seen, experts = [], mot.experts
-    monkeypatch.setattr(mot, "experts", lambda tokens, w1, w2:
-                        seen.append(tuple(tokens.shape)) or experts(tokens, w1, w2))
+    monkeypatch.setattr(mot, "experts", lambda tokens, w1, w2, *rest:
+                        seen.append(tuple(tokens.shape)) or experts(tokens, w1, w2, *rest))
     out = layer(x)
     assert seen == [(4, capacity, 8)]
     torch.testing.assert_close(out, loop_expert_choice(layer, x, capacity))

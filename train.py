@@ -16,6 +16,7 @@ checkpoint stays.
 
 import ast
 import io
+import importlib.util
 import json
 import math
 import os
@@ -32,18 +33,28 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from mot import GPT, GPTConfig, MixtureOfExperts, MixtureOfTokens, nonfinite
+from mot import TRUNK_FIELDS, GPT, GPTConfig, MixtureOfExperts, MixtureOfTokens, nonfinite
 
 CUDA = torch.cuda.is_available()
 MODEL_FIELDS = tuple(f.name for f in fields(GPTConfig) if f.name != "vocab_size")
+# what GPT.upcycle keeps from its source; the new layers take this run's other MODEL_FIELDS
+KEPT_BY_UPCYCLE = tuple(f for f in MODEL_FIELDS if f in TRUNK_FIELDS)
+NEW_LAYER_FIELDS = tuple(f for f in MODEL_FIELDS
+                         if f not in KEPT_BY_UPCYCLE + ("ffn", "expert_bias"))
 DEFAULTS = dict(
     # I/O
     out_dir="out", eval_interval=250, log_interval=10, eval_iters=200, eval_only=False,
     always_save_checkpoint=True,
-    # "scratch" | "resume" | the out_dir of a MoT run, converted by --transition
+    # "scratch" | "resume" | the out_dir of a run: its weights and data with a new optimizer and
+    # schedule, converted by --transition or --upcycle, or as they are (finetuning) |
+    # "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl" or a directory saved by transformers: GPT-2's
+    # weights (pip install transformers), finetuned as they are or upcycled
     init_from="scratch",
     # with init_from=<dir>: "discrete" | "token_choice" (GPT.to_sparse), with a fresh optimizer
     transition=None,
+    # with init_from=<dir of a dense run> or GPT-2: "mot" | "moe" | "mot_emit_softmax": its FFNs
+    # grown into this run's MoT or MoE layers (GPT.upcycle), with a fresh optimizer
+    upcycle=None,
     # a new run into an out_dir that holds ckpt.pt deletes that run (without it: an error)
     overwrite=False,
     # data: data_root/dataset/{train,val}.bin and meta.json
@@ -63,6 +74,8 @@ DEFAULTS = dict(
     dtype=("bfloat16" if CUDA and torch.cuda.is_bf16_supported() else "float16" if CUDA
            else "float32"),
     compile=False, seed=1337,
+    # Weights & Biases (pip install wandb): each log.jsonl line is also logged there
+    wandb_log=False, wandb_project="mot", wandb_run_name="mot",
 )
 # What a resumed run may change: where things are, how long it trains, how often it evaluates and
 # logs, the learning-rate and temperature schedules. Every other setting comes from the checkpoint
@@ -70,7 +83,8 @@ DEFAULTS = dict(
 MAY_CHANGE_ON_RESUME = ("out_dir", "init_from", "overwrite", "data_root", "device", "compile",
                         "eval_only", "max_iters", "eval_interval", "log_interval",
                         "always_save_checkpoint", "learning_rate", "decay_lr", "warmup_iters",
-                        "lr_decay_iters", "min_lr", "grad_clip", "temperature_final")
+                        "lr_decay_iters", "min_lr", "grad_clip", "temperature_final",
+                        "wandb_log", "wandb_project", "wandb_run_name")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -197,9 +211,14 @@ def validate(c: dict, world_size: int, ckpt_path: str) -> None:
          "must be 'discrete' or 'token_choice'"),
         ("transition", c["transition"] is None or c["init_from"] != "scratch",
          "converts a MoT run: give that run's out_dir as --init_from=DIR"),
-        ("transition", c["transition"] is not None or c["init_from"] in ("scratch", "resume"),
-         f"--init_from={c['init_from']!r} starts from that run's checkpoint: add "
-         f"--transition=discrete or --transition=token_choice (or use scratch or resume)"),
+        ("upcycle", c["upcycle"] in (None, "mot", "moe", "mot_emit_softmax"),
+         "must be 'mot', 'moe' or 'mot_emit_softmax'"),
+        ("upcycle", c["upcycle"] is None or c["init_from"] != "scratch",
+         "grows a dense model: give its out_dir, or gpt2, as --init_from"),
+        ("upcycle", c["upcycle"] is None or c["transition"] is None,
+         "and transition both convert the source: give one"),
+        ("wandb_log", not c["wandb_log"] or importlib.util.find_spec("wandb") is not None,
+         "needs the wandb package: pip install wandb"),
     ]
     for key, holds, rule in rules:
         if not holds:
@@ -232,6 +251,39 @@ class ByteCount(io.RawIOBase):
     def write(self, data) -> int:
         self.size += len(data)
         return len(data)
+def is_pretrained(init_from: str) -> bool:
+    """Whether init_from names GPT-2's weights (a gpt2* name, or a directory of transformers')."""
+    return (init_from.startswith("gpt2") and not os.path.isdir(init_from)
+            or os.path.isfile(os.path.join(init_from, "config.json")))
+
+
+def load_source(init_from: str):
+    """The model a run starts from and its checkpoint: train.py's in out_dir init_from, or GPT-2
+    with a checkpoint that holds only its model settings (meta None: any GPT-2 BPE data)."""
+    if not is_pretrained(init_from):
+        return load_checkpoint(os.path.join(init_from, "ckpt.pt"), "cpu")
+    try:
+        model = GPT.from_pretrained(init_from)
+    except (ImportError, OSError, ValueError) as e:
+        fail(f"--init_from={init_from}: {str(e).strip().splitlines()[0]}")
+    return model.train(), dict(config={}, model_args=asdict(model.config), meta=None)
+
+
+def start_wandb(c: dict):
+    """A Weights & Biases run of the settings c; log_record sends it each log.jsonl line."""
+    import wandb
+    return wandb.init(project=c["wandb_project"], name=c["wandb_run_name"], config=c)
+
+
+def log_record(wandb_run, record: dict) -> None:
+    """The numbers of a log.jsonl line, a list per layer as name/0, name/1, ..."""
+    numbers = {}
+    for key, value in record.items():
+        for name, v in ([(f"{key}/{i}", v) for i, v in enumerate(value)]
+                        if isinstance(value, list) else [(key, value)]):
+            if isinstance(v, (int, float)):
+                numbers[name] = v
+    wandb_run.log(numbers, step=record["iter"])
 
 
 def save_checkpoint(checkpoint: dict, path: str) -> None:
@@ -448,10 +500,12 @@ def run(argv: list) -> None:
             fail(f"{ckpt_path} was written by {len(checkpoint['rng'])} processes, this run has "
                  f"{world_size}: resume with as many (torchrun --nproc_per_node="
                  f"{len(checkpoint['rng'])}), each continues its own batches")
-    elif c["init_from"] != "scratch" and c["transition"] is not None:
-        source = os.path.join(c["init_from"], "ckpt.pt")
-        model, checkpoint = load_checkpoint(source, "cpu")
-        settings_from_checkpoint(c, given, checkpoint, source, MODEL_FIELDS + ("dataset",))
+    elif c["init_from"] != "scratch":  # converted, grown, or finetuned as it is
+        model, checkpoint = load_source(c["init_from"])
+        # upcycled: the new layers take this run's settings; GPT-2 as it is: a dense FFN
+        kept = (KEPT_BY_UPCYCLE if c["upcycle"] else KEPT_BY_UPCYCLE + ("ffn", "dropout")
+                if is_pretrained(c["init_from"]) else MODEL_FIELDS)
+        settings_from_checkpoint(c, given, checkpoint, c["init_from"], kept + ("dataset",))
     validate(c, world_size, ckpt_path)
     device_type = torch.device(c["device"]).type
     device = f"cuda:{os.environ['LOCAL_RANK']}" if ddp and device_type == "cuda" else c["device"]
@@ -469,7 +523,11 @@ def run(argv: list) -> None:
 
     # data, model, optimizer: the last checks, then the first write
     splits, meta = load_data(c["data_root"], c["dataset"], c["block_size"])
-    if checkpoint is not None and meta != checkpoint["meta"]:
+    if checkpoint is not None and checkpoint["meta"] is None and meta["tokenizer"] != "gpt2":
+        fail(f"--init_from={c['init_from']} is GPT-2, which reads the GPT-2 BPE, but dataset "
+             f"{c['dataset']!r} has tokenizer {meta['tokenizer']!r}: use a GPT-2 BPE dataset "
+             f"such as shakespeare (python data/shakespeare/prepare.py)")
+    if checkpoint is not None and checkpoint["meta"] is not None and meta != checkpoint["meta"]:
         fail(f"{os.path.join(c['data_root'], c['dataset'], 'meta.json')} is not the meta.json "
              f"the checkpoint was trained with (another tokenizer or vocabulary): give the "
              f"data_root that holds its dataset {c['dataset']!r}")
@@ -479,9 +537,10 @@ def run(argv: list) -> None:
                                   vocab_size=meta["vocab_size"]))
         except ValueError as e:
             fail(str(e))
-    elif c["init_from"] != "resume":  # transition tuning: the MoT converted to run unmixed
-        try:
-            model = model.to_sparse(c["transition"])
+    elif c["init_from"] != "resume" and (c["transition"] or c["upcycle"]):
+        try:  # transition tuning: the MoT converted to run unmixed; or the dense FFNs grown
+            model = (model.to_sparse(c["transition"]) if c["transition"] else
+                     model.upcycle(c["upcycle"], **{k: c[k] for k in NEW_LAYER_FIELDS}))
         except ValueError as e:
             fail(f"{c['init_from']}: {e}")
     config = model.config
@@ -517,6 +576,7 @@ def run(argv: list) -> None:
     if not c["eval_only"]:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda signum, frame: received.append(signum))
+    wandb_run = start_wandb(c) if c["wandb_log"] and master and not c["eval_only"] else None
     if master:
         print(f"{config.ffn} GPT: {model.get_num_params() / 1e6:.2f}M parameters, "
               f"{model.get_num_active_params() / 1e6:.2f}M active per token, "
@@ -623,6 +683,8 @@ def run(argv: list) -> None:
             # checkpoint's iteration and writes them again, so no crash leaves a duplicate or gap
             with open(log_path, "a") as f:
                 f.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
+            if wandb_run is not None:
+                log_record(wandb_run, record)
             if not (math.isfinite(losses["train_loss"]) and math.isfinite(losses["val_loss"])):
                 diverged("the eval loss")
             tokens_since_eval, time_since_eval = 0, 0.0
@@ -669,6 +731,8 @@ def run(argv: list) -> None:
             if master:
                 save(rng_states, evaluated=False)
             break
+    if wandb_run is not None:
+        wandb_run.finish()
     if ddp:  # leave together, once rank 0 has written its last evaluation and checkpoint
         dist.barrier()
         dist.destroy_process_group()

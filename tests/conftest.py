@@ -1,10 +1,13 @@
-"""Fixtures shared by the tests: a tiny prepared dataset and a tiny training run."""
+"""Fixtures shared by the tests: a tiny prepared dataset, a tiny training run, a small GPT-2 BPE
+and a tiny GPT-2 saved by transformers, all made here: no test needs the network."""
 
 import json
 import os
 import sys
 
 import pytest
+import tiktoken
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "data"), os.path.join(ROOT, "experiments")]
@@ -13,6 +16,7 @@ TIKTOKEN_CACHE = os.path.join(SHARED, "tiktoken_cache")
 if "TIKTOKEN_CACHE_DIR" not in os.environ and os.path.isdir(TIKTOKEN_CACHE):
     os.environ["TIKTOKEN_CACHE_DIR"] = os.path.abspath(TIKTOKEN_CACHE)
 import train  # noqa: E402
+from prepare_common import write_meta, write_tokens  # noqa: E402
 from shakespeare_char.prepare import prepare as prepare_char  # noqa: E402
 
 CORPUS = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
@@ -53,3 +57,57 @@ def run_train(data_root):
         train.main(TINY + [f"--data_root={data_root}", f"--out_dir={out_dir}", *args])
         return read_log(out_dir)
     return run
+
+
+# GPT-2's pre-tokenisation pattern (tiktoken's gpt2 encoding)
+GPT2_PATTERN = (r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|"""
+                r"""\s+""")
+
+
+def small_bpe() -> tiktoken.Encoding:
+    """A byte-level BPE with GPT-2's vocabulary size: the 256 bytes, then byte pairs (in byte
+    order) up to id 50255, and <|endoftext|> = 50256 as in GPT-2: every id a model of GPT-2's
+    vocabulary emits decodes."""
+    ranks = {bytes([b]): b for b in range(256)}
+    pairs = (bytes([a, b]) for a in range(256) for b in range(256))
+    ranks.update((pair, rank) for rank, pair in zip(range(256, 50256), pairs))
+    return tiktoken.Encoding("small_gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": 50256})
+
+
+@pytest.fixture
+def gpt2_bpe(monkeypatch):
+    """tiktoken.get_encoding("gpt2") gives small_bpe() (tiktoken would download GPT-2's)."""
+    enc, get_encoding = small_bpe(), tiktoken.get_encoding
+    monkeypatch.setattr(tiktoken, "get_encoding",
+                        lambda name: enc if name == "gpt2" else get_encoding(name))
+    monkeypatch.delitem(sys.modules, "openwebtext.prepare", raising=False)  # encodes at import
+    return enc
+
+
+def make_gpt2_dir(path, **config):
+    """A random GPT2LMHeadModel (tiny unless config says otherwise) saved by transformers in
+    path; returns the model, in eval mode."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(**{**dict(n_positions=16, n_embd=16, n_layer=2, n_head=2),
+                                       **config}))
+    hf.save_pretrained(path)
+    return hf.eval()
+
+
+@pytest.fixture
+def gpt2_dir(tmp_path):
+    return make_gpt2_dir(tmp_path / "gpt2"), str(tmp_path / "gpt2")
+
+
+@pytest.fixture
+def bpe_data_root(tmp_path, gpt2_bpe):
+    """A data root whose shakespeare dataset is CORPUS in small_bpe's GPT-2 ids."""
+    directory = tmp_path / "bpe_data" / "shakespeare"
+    directory.mkdir(parents=True)
+    ids = gpt2_bpe.encode_ordinary(CORPUS)
+    write_tokens(ids[:int(0.9 * len(ids))], str(directory / "train.bin"))
+    write_tokens(ids[int(0.9 * len(ids)):], str(directory / "val.bin"))
+    write_meta(str(directory), tokenizer="gpt2", vocab_size=50304)
+    return tmp_path / "bpe_data"

@@ -13,7 +13,7 @@ import torch
 
 import study
 import train
-from conftest import ROOT
+from conftest import ROOT, TINY
 from plot import read_log
 from python_stdlib.prepare import prepare as prepare_stdlib
 
@@ -318,3 +318,31 @@ def test_the_regime_tunes_each_model_and_seeds_the_knobs_that_close_half_the_gap
     long_runs = study.plan(S, study.read_results(S), "regime_long")
     assert [r["max_iters"] for r in long_runs] == [8] * 3
     assert all(r["size"] == "recipe" and not r["name"].startswith(tiny) for r in long_runs)
+
+
+def test_upcycle_experiment_runs_resumes_and_tabulates(tmp_path, data_root, capsys):
+    """A tiny copy of experiments/upcycle.py: every run once, each line with its commit; run
+    again, nothing is trained; the table has a row per model; --step0 prints the distances."""
+    import upcycle
+    S = dict(upcycle.EXPERIMENT, steps=4, more=4, after=2, seeds=[0],
+             flags=TINY + [f"--data_root={data_root}", "--dropout=0.0", "--eval_interval=2"],
+             mot=dict(n_experts=4, group_size=2, temperature=0.3),
+             moe=dict(n_experts=2, moe_top_k=1),
+             results=str(tmp_path / "upcycle.jsonl"), runs_dir=str(tmp_path / "runs"))
+    upcycle.main([], S)
+    lines = [json.loads(line) for line in open(tmp_path / "upcycle.jsonl")]
+    assert [line["name"] for line in lines] == [
+        "dense-s0", "dense-from-dense-s0", "mot-e4-g2-from-dense-s0",
+        "mot-e2-g2-copies-from-dense-s0", "moe-top1-e2-from-dense-s0", "mot-e4-g2-scratch-s0",
+        "moe-top1-e2-scratch-s0"]
+    assert all(line["commit"] for line in lines)
+    assert lines[5]["curve"]["iter"][-1] == 8 and lines[1]["curve"]["iter"][-1] == 4
+    upcycle.main([], S)
+    assert len(open(tmp_path / "upcycle.jsonl").readlines()) == 7
+    capsys.readouterr()
+    upcycle.main(["--table"], S)
+    table = capsys.readouterr().out
+    assert table.count("\n") == 2 + 6 and "| mot-e4-g2-from-dense |" in table
+    upcycle.main(["--step0", str(tmp_path / "runs" / "dense-s0")], S)
+    out = capsys.readouterr().out
+    assert out.startswith("dense: val loss") and out.count("relative distance") == 3

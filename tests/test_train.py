@@ -29,19 +29,38 @@ def test_prepare_char_round_trips_the_text(data_root):
     assert meta["vocab_size"] == len(set(CORPUS)) and meta["tokenizer"] == "char"
 
 
-@pytest.mark.skipif(not os.path.exists(SHAKESPEARE), reason="needs ../shared/data/tinyshakespeare")
-@pytest.mark.parametrize("name, train_tokens, val_tokens",
-                         [("shakespeare_char", 1_003_854, 111_540),
-                          ("shakespeare", 301_966, 36_059)])
-def test_prepare_real_shakespeare(tmp_path, name, train_tokens, val_tokens):
-    """The real file gives nanoGPT's token counts, characters and GPT-2 BPE."""
-    os.symlink(os.path.abspath(SHAKESPEARE), tmp_path / "input.txt")
+@pytest.mark.parametrize("name, tokenizer, train_tokens, val_tokens",
+                         [("shakespeare_char", "char", 1_003_854, 111_540),
+                          ("shakespeare", "gpt2", 301_966, 36_059)])
+def test_prepare_shakespeare(tmp_path, monkeypatch, gpt2_bpe, name, tokenizer, train_tokens,
+                             val_tokens):
+    """A generated text is split 90/10 and its tokens decode back to it (the GPT-2 BPE: the small
+    one of conftest). When a copy of the real file lies in ../shared (with tiktoken's GPT-2 files
+    beside it), the real file also gives nanoGPT's token counts with the real BPE."""
     script = os.path.join(ROOT, "data", name, "prepare.py")
-    namespace = {"__name__": "prepare", "__file__": script}
-    exec(open(script).read(), namespace)
-    namespace["prepare"](str(tmp_path))
-    assert os.path.getsize(tmp_path / "train.bin") == 2 * train_tokens
-    assert os.path.getsize(tmp_path / "val.bin") == 2 * val_tokens
+
+    def prepare(directory, text_file):
+        directory.mkdir()
+        os.symlink(os.path.abspath(text_file), directory / "input.txt")
+        namespace = {"__name__": "prepare", "__file__": script}
+        exec(open(script).read(), namespace)
+        namespace["prepare"](str(directory))
+        meta = json.loads((directory / "meta.json").read_text())
+        ids = [np.fromfile(directory / f"{split}.bin", dtype=np.uint16) for split in ("train",
+                                                                                      "val")]
+        return meta, ids
+
+    (tmp_path / "corpus.txt").write_text(CORPUS)
+    meta, ids = prepare(tmp_path / "generated", tmp_path / "corpus.txt")
+    decode = (gpt2_bpe.decode if tokenizer == "gpt2" else
+              lambda t: "".join(meta["chars"][i] for i in t))
+    assert meta["tokenizer"] == tokenizer
+    assert decode(ids[0].tolist()) + decode(ids[1].tolist()) == CORPUS
+    assert decode(ids[0].tolist()) == CORPUS[:int(0.9 * len(CORPUS))]
+    if os.path.exists(SHAKESPEARE):
+        monkeypatch.undo()  # the real BPE
+        meta, ids = prepare(tmp_path / "real", SHAKESPEARE)
+        assert [len(i) for i in ids] == [train_tokens, val_tokens]
 
 
 def test_prepare_without_file_or_network_says_where_to_put_it(tmp_path, monkeypatch):
@@ -53,15 +72,14 @@ def test_prepare_without_file_or_network_says_where_to_put_it(tmp_path, monkeypa
     assert not os.path.exists(tmp_path / "input.txt")
 
 
-def test_openwebtext_tokenize_and_write(tmp_path):
+def test_openwebtext_tokenize_and_write(tmp_path, gpt2_bpe):
     """Multi-process, sharded writing keeps document order and separates documents by
-    <|endoftext|>."""
-    import tiktoken
+    <|endoftext|> (with the small GPT-2 BPE of conftest)."""
     from openwebtext.prepare import tokenize_and_write
     docs = [f"Document number {i}: " + "words " * (i % 7) for i in range(300)]
     path = str(tmp_path / "train.bin")
     n = tokenize_and_write(iter(docs), path, num_proc=2, shard_tokens=100)
-    enc = tiktoken.get_encoding("gpt2")
+    enc = gpt2_bpe
     expected = [t for d in docs for t in enc.encode_ordinary(d) + [enc.eot_token]]
     written = np.fromfile(path, dtype=np.uint16)
     assert n == len(expected) and written.tolist() == expected
@@ -288,3 +306,31 @@ def test_load_data_checks_ids_in_a_bounded_prefix(data_root, monkeypatch):
     tokens.tofile(path)
     with pytest.raises(SystemExit, match="holds token id 60000"):
         train.load_data(str(data_root), "shakespeare_char", 16)
+
+
+def test_wandb_logs_the_log_lines_offline(tmp_path, run_train, monkeypatch):
+    """--wandb_log=True (WANDB_MODE=offline: no account, no network) logs every number of each
+    log.jsonl line, a list per layer as name/i, at its iteration; a run without it imports no
+    wandb."""
+    import wandb
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    logged, log = [], wandb.sdk.wandb_run.Run.log
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", lambda self, data, step=None, **k:
+                        logged.append((step, data)) or log(self, data, step=step, **k))
+    records = run_train(tmp_path / "out", "--ffn=mot", "--max_iters=2", "--wandb_log=True",
+                        "--wandb_run_name=tiny")
+    assert [step for step, _ in logged] == [r["iter"] for r in records] == [0, 2]
+    step, data = logged[-1]
+    assert data["val_loss"] == records[-1]["val_loss"]
+    assert data["merge_entropy/1"] == records[-1]["merge_entropy"][1]
+    assert data["temperature/0"] == records[-1]["temperature"][0]
+    assert glob.glob(str(tmp_path / "wandb" / "offline-run-*"))
+
+
+def test_wandb_missing_is_one_line_before_anything_is_written(tmp_path, run_train, monkeypatch):
+    monkeypatch.setattr(train.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit, match="^error: wandb_log=True: needs the wandb package: "
+                                         "pip install wandb$"):
+        run_train(tmp_path / "out", "--wandb_log=True")
+    assert not os.path.exists(tmp_path / "out")

@@ -115,8 +115,9 @@ def test_transition_run_and_independent_sampling(tmp_path, run_train, capsys):
 
     alone, batch = greedy(1), greedy(3)
     assert batch == alone * 3
-    with pytest.raises(SystemExit, match="--transition"):
-        run_train(tmp_path / "x", f"--init_from={tmp_path / 'mot'}")
+    # without --transition the MoT run is finetuned as it is, with a fresh optimizer
+    finetuned = run_train(tmp_path / "x", f"--init_from={tmp_path / 'mot'}", "--max_iters=2")
+    assert [r["iter"] for r in finetuned] == [0, 2] and "merge_entropy" in finetuned[0]
     run_train(tmp_path / "dense", "--max_iters=2")
     with pytest.raises(SystemExit, match="converts MoT layers"):
         run_train(tmp_path / "y", f"--init_from={tmp_path / 'dense'}", "--transition=discrete")

@@ -1,0 +1,19 @@
+# GPT-2 upcycled into MoT and finetuned on TinyShakespeare, on top of finetune_shakespeare.py:
+#   python train.py config/finetune_shakespeare.py config/finetune_shakespeare_mot.py
+# GPT-2 small (124M) with its last 6 FFNs grown into MoT layers of E=32 experts, G=8: each expert a
+# quarter of the dense FFN's 3072 hidden units (H = 4C·G/E = 768, FLOP-matched), so that every 4
+# experts sum to the dense FFN (GPT.upcycle; the README says what the layer computes at step 0).
+# The dense baseline at equal batches: python train.py config/finetune_shakespeare.py
+# --init_from=gpt2 --batch_size=8 --gradient_accumulation_steps=4 --out_dir=out-shakespeare-gpt2
+# Memory: ~350M parameters (124M + 6·37.7M of experts) with gradients and AdamW in float32, ~6 GB,
+# plus activations of 8 sequences of 1024 tokens under bfloat16 autocast (MoT keeps a merged token
+# per expert and position, E·T·C per group and layer): about 20 GB, an A100 40GB. Untuned: the
+# learning rate is the dense finetune's.
+out_dir = "out-shakespeare-mot"
+init_from = "gpt2"
+upcycle = "mot"
+n_dense_layers = 6  # the paper's recipe: the first half of the blocks dense
+n_experts = 32
+group_size = 8
+batch_size = 8  # one group of 8 sequences per micro-step
+gradient_accumulation_steps = 4  # 32 sequences per step, as finetune_shakespeare.py
