@@ -3,9 +3,10 @@ A GPT whose feed-forward layers (FFNs) are dense, Mixture of Tokens (MoT) or spa
 Experts (MoE). MoT: "Mixture of Tokens: Continuous MoE through Cross-Example Aggregation",
 Antoniak et al., arXiv 2310.15961.
 
-Read top to bottom: config, attention, the FFNs (dense, MoT, MoE) and their registry FFNS, block,
-GPT. The README's "What Mixture of Tokens computes" is the specification: comments cite its
-numbered steps 1-5.
+Read top to bottom: config, attention, the FFNs (dense, MoT and its emit-softmax variant, MoE)
+and their registry FFNS, block, GPT. MixtureOfTokens's docstring states what MoT computes, in the
+five steps of the README's "What Mixture of Tokens computes"; the kernel behind MoE's fast path
+comes after the FFNs, in a section of its own.
 """
 
 import math
@@ -40,7 +41,7 @@ class GPTConfig:
     learnable_temperature: bool = False  # MoT: τ = exp(θ), θ learned
     mot_routing: str = "continuous"  # MoT: "continuous" (softmax) | "discrete" (argmax, τ → 0)
     # MoT: std of W_ctrl's init; None = 1/sqrt(n_embd), the authors' scale: logits of std ~1 at
-    # init (the CPU study: at τ = 1, 0.09-0.10 lower val loss than GPT-2's 0.02; RESULTS.md)
+    # init (README, "The controller's scale matters")
     controller_init_std: Optional[float] = None
     moe_top_k: int = 1
     moe_routing: str = "token_choice"  # MoE: "token_choice" | "expert_choice" (NOT causal)
@@ -138,6 +139,44 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
 ACTIVATIONS = {"relu": relu, "gelu": gelu}
 
 
+class MLP(nn.Module):
+    """The dense FFN: C -> 4C -> C."""
+
+    def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = False,
+                 residual_init_std: float = INIT_STD, activation: str = "relu"):
+        super().__init__()
+        self.activation = ACTIVATIONS[activation]
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+        self.residual_init_std = residual_init_std
+        # GPT draws these weights again, as nanoGPT does: drawing them here from a forked random
+        # stream leaves GPT's stream, and so its weights for a given seed, exactly nanoGPT's
+        with torch.random.fork_rng():
+            self.reset_parameters()
+
+    @classmethod
+    def from_config(cls, config: GPTConfig) -> "MLP":
+        return cls(n_embd=config.n_embd, dropout=config.dropout, bias=config.bias,
+                   residual_init_std=config.residual_init_std, activation=config.activation)
+
+    def reset_parameters(self) -> None:
+        for linear, std in ((self.c_fc, INIT_STD), (self.c_proj, self.residual_init_std)):
+            nn.init.normal_(linear.weight, mean=0.0, std=std)
+            if linear.bias is not None:
+                nn.init.zeros_(linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.activation(self.c_fc(x))))
+
+    def num_active_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def mixing_macs_per_token(self) -> int:
+        return 0
+
+
+# The experts of MoT and MoE: E FFNs of width H, stacked in tensors w1 (E, C, H) and w2 (E, H, C).
 def experts(tokens: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, activation=relu,
             b1: Optional[torch.Tensor] = None, b2: Optional[torch.Tensor] = None) -> torch.Tensor:
     """E stacked expert FFNs in two batched matmuls: tokens (E, N, C), w1 (E, C, H), w2 (E, H, C),
@@ -160,60 +199,6 @@ def expert_params(module: nn.Module) -> int:
     return sum(p.numel() for p in (module.w1, module.w2, module.b1, module.b2) if p is not None)
 
 
-# A token-choice MoE gives each expert a different number of tokens. Sorted by expert, the tokens
-# of expert e are rows offsets[e-1]:offsets[e], and torch's grouped_mm multiplies each such run of
-# rows by its expert's matrix in one call. It is wrapped in a custom op because torch.compile on a
-# CPU traces grouped_mm in bfloat16 only; for a custom op the compiler needs just the output's
-# shape (register_fake) and the backward (register_autograd), both given here.
-@torch.library.custom_op("mot::grouped_mm", mutates_args=())
-def _grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    return F.grouped_mm(a, b, offs=offsets)
-
-
-@_grouped_mm.register_fake
-def _(a, b, offsets):
-    if b.dim() == 3:  # (M, K) x (G, K, N) -> (M, N): the forward
-        return a.new_empty(a.shape[0], b.shape[2])
-    return a.new_empty(offsets.shape[0], a.shape[0], b.shape[1])  # (K, M) x (M, N): b's gradient
-
-
-def _grouped_mm_backward(ctx, grad):
-    a, b, offsets = ctx.saved_tensors
-    grad = grad.contiguous()  # grouped_mm rejects the stride-0 gradient of a sum
-    return _grouped_mm(grad, b.transpose(1, 2), offsets), _grouped_mm(a.t(), grad, offsets), None
-
-
-_grouped_mm.register_autograd(_grouped_mm_backward,
-                              setup_context=lambda ctx, inputs, output:
-                              ctx.save_for_backward(*inputs))
-
-
-def runs_grouped_mm(device: torch.device, dtype: torch.dtype, k: int, n: int) -> bool:
-    """Whether torch's grouped_mm takes (M, k) x (G, k, n) inputs of this device and dtype: on
-    CUDA only bfloat16 on compute capability 8.0 or newer (its documented limit); on a CPU
-    float32, bfloat16 and float16; on both only rows of 16-byte multiples."""
-    align = 16 // dtype.itemsize
-    if k % align or n % align:
-        return False
-    if device.type == "cuda":
-        return dtype == torch.bfloat16 and torch.cuda.get_device_capability(device) >= (8, 0)
-    return device.type == "cpu" and dtype in (torch.float32, torch.bfloat16, torch.float16)
-
-
-def grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """Row r of a (M, K), rows sorted by group, times b[its group] (G, K, N) -> (M, N); offsets
-    (G,) int32: where each group's rows end."""
-    if torch.is_autocast_enabled(a.device.type):  # autocast does not know grouped_mm: cast here
-        dtype = torch.get_autocast_dtype(a.device.type)
-        a, b = a.to(dtype), b.to(dtype)
-    if runs_grouped_mm(a.device, a.dtype, a.shape[1], b.shape[2]):
-        return _grouped_mm(a, b, offsets)
-    # the same product elsewhere (float64, other devices and widths): a (K, N) matrix per row
-    group = torch.searchsorted(offsets, torch.arange(a.shape[0], device=a.device,
-                                                      dtype=offsets.dtype), right=True)
-    return torch.bmm(a.unsqueeze(1), b[group]).squeeze(1)
-
-
 def flop_matched(hidden: int, per: int, formula: str) -> int:
     """The FLOP-matched expert width hidden/per, or a ValueError naming the fix."""
     if hidden % per:
@@ -223,50 +208,22 @@ def flop_matched(hidden: int, per: int, formula: str) -> int:
     return hidden // per
 
 
-class MLP(nn.Module):
-    """The dense FFN: C -> 4C -> C."""
-
-    def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = False,
-                 residual_init_std: float = INIT_STD, activation: str = "relu"):
-        super().__init__()
-        self.activation = ACTIVATIONS[activation]
-        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
-        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
-        self.dropout = nn.Dropout(dropout)
-        self.residual_init_std = residual_init_std
-        # GPT draws these weights again, as nanoGPT does: drawing them here from a forked random
-        # stream leaves GPT's stream, and so its weights for a given seed, exactly nanoGPT's
-        with torch.random.fork_rng():
-            self.reset_parameters()
-
-    @classmethod
-    def from_config(cls, config: GPTConfig) -> "MLP":
-        return cls(config.n_embd, config.dropout, config.bias, config.residual_init_std,
-                   config.activation)
-
-    def reset_parameters(self) -> None:
-        for linear, std in ((self.c_fc, INIT_STD), (self.c_proj, self.residual_init_std)):
-            nn.init.normal_(linear.weight, mean=0.0, std=std)
-            if linear.bias is not None:
-                nn.init.zeros_(linear.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.activation(self.c_fc(x))))
-
-    def num_active_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def mixing_macs_per_token(self) -> int:
-        return 0
-
-
 class MixtureOfTokens(nn.Module):
-    """Mixture of Tokens, steps 1-5 of the README: at each position, the G tokens of a group of G
-    examples are mixed into one token per expert, and each expert's output goes back to them with
-    the same weights. Every expert sees every token of its group, so the layer is continuous.
+    """Mixture of Tokens: at each position, the G tokens of a group of G examples are mixed into
+    one token per expert, and each expert's output goes back to them with the same weights. Every
+    expert sees every token of its group, so the layer is continuous. For an input x (B, T, C):
+
+    1. Group: examples g·G ... g·G+G-1 of the batch form group g, whose tokens x_i = x[g·G+i, t]
+       at each position t are mixed (only tokens of one position: the model stays causal).
+    2. Merge weights: the controller W_ctrl (C, E) scores each token for each expert, and a
+       softmax over the group normalises the scores: w[i, e] = softmax_i(x_i · W_ctrl[:, e] / τ).
+    3. Merge: one mixed token per expert, m_e = Σ_i w[i, e] · x_i.
+    4. Experts: one FFN each, y_e = W2[e] · act(W1[e] · m_e), W1 (E, C, H) and W2 (E, H, C)
+       holding all E of them (act: GPTConfig.activation, ReLU by default).
+    5. Emit with the same weights: token i gets back out_i = Σ_e w[i, e] · y_e.
 
     Letters: B batch, T positions, C channels, G group_size, n = B/G groups, E experts,
-    H expert_size. Subclasses can change how the weights are computed by overriding
+    H expert_size, τ temperature. Subclasses can change how the weights are computed by overriding
     get_merge_weights and get_emit_weights (see MixtureOfTokensEmitSoftmax)."""
 
     def __init__(self, n_embd: int, n_experts: int, group_size: int,
@@ -299,10 +256,14 @@ class MixtureOfTokens(nn.Module):
 
     @classmethod
     def from_config(cls, config: GPTConfig) -> "MixtureOfTokens":
-        return cls(config.n_embd, config.n_experts, config.group_size, config.expert_size,
-                   config.temperature, config.learnable_temperature, config.mot_routing,
-                   config.dropout, config.residual_init_std,
-                   config.controller_init_std, config.activation, config.expert_bias)
+        return cls(n_embd=config.n_embd, n_experts=config.n_experts,
+                   group_size=config.group_size, expert_size=config.expert_size,
+                   temperature=config.temperature,
+                   learnable_temperature=config.learnable_temperature,
+                   routing=config.mot_routing, dropout=config.dropout,
+                   residual_init_std=config.residual_init_std,
+                   controller_init_std=config.controller_init_std,
+                   activation=config.activation, expert_bias=config.expert_bias)
 
     @staticmethod
     def flop_matched_expert_size(n_embd: int, n_experts: int, group_size: int) -> int:
@@ -324,18 +285,26 @@ class MixtureOfTokens(nn.Module):
                 f"temperature={self.temperature.item():.3g}, routing={routing}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C), in the steps of the class docstring. Letters: B batch,
+        T positions, C channels, G group_size, E experts, n groups (B/G; in eval mode a partial
+        group is padded with zero rows)."""
         B, T, C = x.shape
         G, E = self.group_size, self.controller.shape[1]
         x = self.pad_to_groups(x)
-        # one copy into this layout: the matmuls of steps 2 and 3 would each make their own
-        groups = x.view(-1, G, T, C).transpose(1, 2).contiguous()  # (n, T, G, C)  1. group
-        logits = groups @ self.controller  # (n, T, G, E)  2. controller scores
-        weights = self.get_merge_weights(logits)  # (n, T, G, E)     sum to 1 over G
-        merged = weights.transpose(2, 3) @ groups  # (n, T, E, C)  3. merge
-        y = experts(merged.flatten(0, 1).transpose(0, 1), self.w1, self.w2,  # (E, nT, C)  4.
-                    self.activation, self.b1, self.b2)
+        # 1. group: example g·G + i is token i of group g. One copy into this layout, which the
+        # matmuls of steps 2 and 3 would each make of their own
+        groups = x.view(-1, G, T, C).transpose(1, 2).contiguous()  # (n, T, G, C)
+        # 2. controller scores, and the merge weights: a softmax over the G tokens of a group
+        logits = groups @ self.controller  # (n, T, G, E)
+        weights = self.get_merge_weights(logits)  # (n, T, G, E), sums to 1 over G
+        # 3. merge: one mixed token per expert
+        merged = weights.transpose(2, 3) @ groups  # (n, T, E, C)
+        # 4. experts: expert e runs on its n·T mixed tokens
+        y = experts(merged.flatten(0, 1).transpose(0, 1), self.w1, self.w2,
+                    self.activation, self.b1, self.b2)  # (E, n·T, C)
         y = y.transpose(0, 1).view(-1, T, E, C)  # (n, T, E, C)
-        out = self.get_emit_weights(logits, weights) @ y  # (n, T, G, C)  5. emit
+        # 5. emit: each token gets back the expert outputs, weighted as it was merged
+        out = self.get_emit_weights(logits, weights) @ y  # (n, T, G, C)
         if not self.training:  # kept for inspection (merge_entropy); a copy training skips
             self.merge_weights = weights.detach().transpose(1, 2).reshape(-1, T, E)[:B]
         return self.dropout(out.transpose(1, 2).reshape(-1, T, C)[:B])  # (B, T, C)
@@ -427,10 +396,11 @@ class MixtureOfExperts(nn.Module):
 
     @classmethod
     def from_config(cls, config: GPTConfig) -> "MixtureOfExperts":
-        return cls(config.n_embd, config.n_experts, config.moe_top_k, config.expert_size,
-                   config.moe_routing, config.capacity_factor, config.aux_loss_coef,
-                   config.dropout, config.residual_init_std, config.activation,
-                   config.expert_bias)
+        return cls(n_embd=config.n_embd, n_experts=config.n_experts, top_k=config.moe_top_k,
+                   expert_size=config.expert_size, routing=config.moe_routing,
+                   capacity_factor=config.capacity_factor, aux_loss_coef=config.aux_loss_coef,
+                   dropout=config.dropout, residual_init_std=config.residual_init_std,
+                   activation=config.activation, expert_bias=config.expert_bias)
 
     @staticmethod
     def flop_matched_expert_size(n_embd: int, n_experts: int, top_k: int) -> int:
@@ -495,6 +465,62 @@ class MixtureOfExperts(nn.Module):
 
     def mixing_macs_per_token(self) -> int:
         return 0
+
+
+# ------------------------------------------------------------------ MoE's dispatch kernel
+# MixtureOfExperts.forward's fast path; a reader of the model can skip this section.
+# A token-choice MoE gives each expert a different number of tokens. Sorted by expert, the tokens
+# of expert e are rows offsets[e-1]:offsets[e], and torch's grouped_mm multiplies each such run of
+# rows by its expert's matrix in one call. It is wrapped in a custom op because torch.compile on a
+# CPU traces grouped_mm in bfloat16 only; for a custom op the compiler needs just the output's
+# shape (register_fake) and the backward (register_autograd), both given here.
+@torch.library.custom_op("mot::grouped_mm", mutates_args=())
+def _grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    return F.grouped_mm(a, b, offs=offsets)
+
+
+@_grouped_mm.register_fake
+def _(a, b, offsets):
+    if b.dim() == 3:  # (M, K) x (G, K, N) -> (M, N): the forward
+        return a.new_empty(a.shape[0], b.shape[2])
+    return a.new_empty(offsets.shape[0], a.shape[0], b.shape[1])  # (K, M) x (M, N): b's gradient
+
+
+def _grouped_mm_backward(ctx, grad):
+    a, b, offsets = ctx.saved_tensors
+    grad = grad.contiguous()  # grouped_mm rejects the stride-0 gradient of a sum
+    return _grouped_mm(grad, b.transpose(1, 2), offsets), _grouped_mm(a.t(), grad, offsets), None
+
+
+_grouped_mm.register_autograd(_grouped_mm_backward,
+                              setup_context=lambda ctx, inputs, output:
+                              ctx.save_for_backward(*inputs))
+
+
+def runs_grouped_mm(device: torch.device, dtype: torch.dtype, k: int, n: int) -> bool:
+    """Whether torch's grouped_mm takes (M, k) x (G, k, n) inputs of this device and dtype: on
+    CUDA only bfloat16 on compute capability 8.0 or newer (its documented limit); on a CPU
+    float32, bfloat16 and float16; on both only rows of 16-byte multiples."""
+    align = 16 // dtype.itemsize
+    if k % align or n % align:
+        return False
+    if device.type == "cuda":
+        return dtype == torch.bfloat16 and torch.cuda.get_device_capability(device) >= (8, 0)
+    return device.type == "cpu" and dtype in (torch.float32, torch.bfloat16, torch.float16)
+
+
+def grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Row r of a (M, K), rows sorted by group, times b[its group] (G, K, N) -> (M, N); offsets
+    (G,) int32: where each group's rows end."""
+    if torch.is_autocast_enabled(a.device.type):  # autocast does not know grouped_mm: cast here
+        dtype = torch.get_autocast_dtype(a.device.type)
+        a, b = a.to(dtype), b.to(dtype)
+    if runs_grouped_mm(a.device, a.dtype, a.shape[1], b.shape[2]):
+        return _grouped_mm(a, b, offsets)
+    # the same product elsewhere (float64, other devices and widths): a (K, N) matrix per row
+    group = torch.searchsorted(offsets, torch.arange(a.shape[0], device=a.device,
+                                                      dtype=offsets.dtype), right=True)
+    return torch.bmm(a.unsqueeze(1), b[group]).squeeze(1)
 
 
 FFNS = {"dense": MLP, "mot": MixtureOfTokens, "moe": MixtureOfExperts,
@@ -703,8 +729,7 @@ class GPT(nn.Module):
         "discrete": the same layers with one-hot argmax merge weights (the τ → 0 limit);
         "token_choice": top-k token-choice MoE layers, k = E/G (the same expert FLOPs per token),
         whose experts are the MoT experts and whose router is the MoT controller divided by τ:
-        the logits MoT's softmax saw (a lower spike at the switch than the raw controller, and
-        0.17 lower val loss after 300 steps of tuning on the CPU recipe; RESULTS.md).
+        the logits MoT's softmax saw (RESULTS.md compares it with the raw controller).
         The new GPT has this one's dtype, device and training mode."""
         cfg = self.config
         if FFNS[cfg.ffn] is not MixtureOfTokens:

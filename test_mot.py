@@ -3,6 +3,7 @@ checked with hypothesis over random configurations, and the layers against slow 
 the README's steps 1-5 literally. Tiny models, float64 where exactness matters:
 `python -m pytest -q test_mot.py`."""
 
+import inspect
 import math
 
 import pytest
@@ -854,6 +855,24 @@ def test_layers_stand_alone_from_plain_arguments():
                   MixtureOfExperts(n_embd=64, n_experts=8, top_k=2)):
         out = layer(x)
         assert out.shape == x.shape and torch.isfinite(out).all() and out.abs().max() > 0
+
+
+@pytest.mark.parametrize("kind", sorted(FFNS))
+def test_from_config_sets_every_constructor_argument_by_name(kind, monkeypatch):
+    """from_config passes each argument of the FFN's constructor by keyword: an argument added to
+    __init__ but not to from_config, or passed by position (which an inserted argument would
+    silently shift), fails here."""
+    cls = FFNS[kind]
+    expected = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    passed = {}
+
+    def record(self, *args, **kwargs):
+        passed.update(args=args, kwargs=kwargs)
+
+    monkeypatch.setattr(cls, "__init__", record)
+    cls.from_config(tiny_config(ffn=kind))
+    assert passed["args"] == ()
+    assert set(passed["kwargs"]) == expected
 
 
 def test_layers_initialise_themselves_as_gpt2():
