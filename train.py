@@ -89,6 +89,11 @@ MAY_CHANGE_ON_RESUME = ("out_dir", "init_from", "overwrite", "data_root", "devic
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+# ------------------------------------------------------------------- run bookkeeping
+# Settings, their checks, resume, checkpoints, the log, signals: main's helpers. The data, the
+# model and the training loop come after this section.
+
+
 def fail(message: str):
     raise SystemExit(f"error: {message}")
 
@@ -252,6 +257,8 @@ class ByteCount(io.RawIOBase):
     def write(self, data) -> int:
         self.size += len(data)
         return len(data)
+
+
 def is_pretrained(init_from: str) -> bool:
     """Whether init_from names GPT-2's weights (a gpt2* name, or a directory of transformers')."""
     return (init_from.startswith("gpt2") and not os.path.isdir(init_from)
@@ -327,117 +334,6 @@ def gather_rng_states(batches: "TrainBatches", world_size: int):
     states = [None] * world_size if dist.get_rank() == 0 else None
     dist.gather_object(rng_state(batches), states, dst=0)
     return states
-
-
-CHECKED_TOKENS = 1 << 20  # load_data reads this many tokens of a split, not all of a large one
-
-
-def load_data(data_root: str, dataset: str, block_size: int):
-    """The train and val token arrays (memory-mapped) and meta.json written by
-    data/<dataset>/prepare.py, checked: whole uint16 tokens, more than block_size of them, and
-    the ids of the first CHECKED_TOKENS below meta.json's vocab_size (files of other data show it
-    there; reading all of OpenWebText's would take minutes before the first step)."""
-    data_dir = os.path.join(data_root, dataset)
-    prepare = f"python data/{dataset}/prepare.py"
-    meta_path = os.path.join(data_dir, "meta.json")
-    paths = [os.path.join(data_dir, f"{split}.bin") for split in ("train", "val")]
-    for path in paths + [meta_path]:
-        if not os.path.exists(path):
-            fail(f"{path} not found: run `{prepare}` first")
-    try:
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except ValueError as e:  # not UTF-8, or not JSON
-        fail(f"{meta_path} is not valid JSON ({e}): run `{prepare}` again")
-    if not (isinstance(meta, dict) and type(meta.get("vocab_size")) is int
-            and meta["vocab_size"] > 0 and meta.get("tokenizer") in ("char", "gpt2")):
-        fail(f"{meta_path} needs a positive integer vocab_size and a tokenizer ('char' or "
-             f"'gpt2'): run `{prepare}` again")
-    splits = {}
-    for split, path in zip(("train", "val"), paths):
-        size = os.path.getsize(path)
-        if size % 2:
-            fail(f"{path} has {size} bytes, not whole uint16 tokens (an interrupted write?): "
-                 f"run `{prepare}` again")
-        if size // 2 <= block_size:
-            fail(f"{path} holds {size // 2} tokens, fewer than block_size+1={block_size + 1}: "
-                 f"use a smaller block_size or more text")
-        splits[split] = np.memmap(path, dtype=np.uint16, mode="r")
-        largest = int(splits[split][:CHECKED_TOKENS].max())
-        if largest >= meta["vocab_size"]:
-            fail(f"{path} holds token id {largest}, but {meta_path} has vocab_size="
-                 f"{meta['vocab_size']}: they come from different data; run `{prepare}` again")
-    return splits, meta
-
-
-def batch(data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator,
-          device: str):
-    """batch_size random windows of data: inputs x and next-token targets y, each
-    (batch_size, block_size)."""
-    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
-    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
-    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
-    if "cuda" in device:
-        return (x.pin_memory().to(device, non_blocking=True),
-                y.pin_memory().to(device, non_blocking=True))
-    return x.to(device), y.to(device)
-
-
-class TrainBatches:
-    """A process's training batches, each drawn a step ahead of its use, so that on a GPU its copy
-    overlaps the compute. `state` is the data stream as it was before the batch drawn ahead: a
-    run resumed from it draws that batch again, as an uninterrupted run uses it."""
-
-    def __init__(self, data: np.ndarray, c: dict, generator: torch.Generator, device: str):
-        self.data, self.c, self.generator, self.device = data, c, generator, device
-        self.state = generator.get_state()
-
-    def next(self):
-        self.state = self.generator.get_state()
-        return batch(self.data, self.c["batch_size"], self.c["block_size"], self.generator,
-                     self.device)
-
-
-def eval_batches(data: np.ndarray, c: dict):
-    """The eval_iters batches of every evaluation: the same windows each time, apart from
-    training's."""
-    generator = torch.Generator().manual_seed(c["seed"] + 1)
-    for _ in range(c["eval_iters"]):
-        yield batch(data, c["batch_size"], c["block_size"], generator, c["device"])
-
-
-def get_lr(it: int, c: dict) -> float:
-    if not c["decay_lr"]:
-        return c["learning_rate"]
-    if it < c["warmup_iters"]:
-        return c["learning_rate"] * (it + 1) / (c["warmup_iters"] + 1)
-    if it > c["lr_decay_iters"]:
-        return c["min_lr"]
-    ratio = (it - c["warmup_iters"]) / (c["lr_decay_iters"] - c["warmup_iters"])
-    coefficient = 0.5 * (1.0 + math.cos(math.pi * ratio))  # from 1 down to 0
-    return c["min_lr"] + coefficient * (c["learning_rate"] - c["min_lr"])
-
-
-def get_temperature(it: int, c: dict) -> float:
-    progress = min(it, c["lr_decay_iters"]) / c["lr_decay_iters"]
-    return c["temperature"] * (c["temperature_final"] / c["temperature"]) ** progress
-
-
-def optimizer_step(model, optimizer, scaler, grad_clip: float) -> None:
-    """The update of the accumulated gradients, clipped to norm grad_clip (0: not clipped)."""
-    if grad_clip != 0.0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def anneal_temperature(mot_layers: list, it: int, settings: dict) -> None:
-    """Set MoT's τ to get_temperature(it) when temperature_final anneals it."""
-    if settings["temperature_final"] is not None:
-        for layer in mot_layers:
-            layer.log_temperature.fill_(math.log(get_temperature(it, settings)))
 
 
 def strict_json(value):
@@ -710,6 +606,120 @@ class RunLog:
     def finish(self) -> None:
         if self.wandb_run is not None:
             self.wandb_run.finish()
+
+
+# ------------------------------------------------------------------- data and schedules
+
+
+CHECKED_TOKENS = 1 << 20  # load_data reads this many tokens of a split, not all of a large one
+
+
+def load_data(data_root: str, dataset: str, block_size: int):
+    """The train and val token arrays (memory-mapped) and meta.json written by
+    data/<dataset>/prepare.py, checked: whole uint16 tokens, more than block_size of them, and
+    the ids of the first CHECKED_TOKENS below meta.json's vocab_size (files of other data show it
+    there; reading all of OpenWebText's would take minutes before the first step)."""
+    data_dir = os.path.join(data_root, dataset)
+    prepare = f"python data/{dataset}/prepare.py"
+    meta_path = os.path.join(data_dir, "meta.json")
+    paths = [os.path.join(data_dir, f"{split}.bin") for split in ("train", "val")]
+    for path in paths + [meta_path]:
+        if not os.path.exists(path):
+            fail(f"{path} not found: run `{prepare}` first")
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except ValueError as e:  # not UTF-8, or not JSON
+        fail(f"{meta_path} is not valid JSON ({e}): run `{prepare}` again")
+    if not (isinstance(meta, dict) and type(meta.get("vocab_size")) is int
+            and meta["vocab_size"] > 0 and meta.get("tokenizer") in ("char", "gpt2")):
+        fail(f"{meta_path} needs a positive integer vocab_size and a tokenizer ('char' or "
+             f"'gpt2'): run `{prepare}` again")
+    splits = {}
+    for split, path in zip(("train", "val"), paths):
+        size = os.path.getsize(path)
+        if size % 2:
+            fail(f"{path} has {size} bytes, not whole uint16 tokens (an interrupted write?): "
+                 f"run `{prepare}` again")
+        if size // 2 <= block_size:
+            fail(f"{path} holds {size // 2} tokens, fewer than block_size+1={block_size + 1}: "
+                 f"use a smaller block_size or more text")
+        splits[split] = np.memmap(path, dtype=np.uint16, mode="r")
+        largest = int(splits[split][:CHECKED_TOKENS].max())
+        if largest >= meta["vocab_size"]:
+            fail(f"{path} holds token id {largest}, but {meta_path} has vocab_size="
+                 f"{meta['vocab_size']}: they come from different data; run `{prepare}` again")
+    return splits, meta
+
+
+def batch(data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator,
+          device: str):
+    """batch_size random windows of data: inputs x and next-token targets y, each
+    (batch_size, block_size)."""
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
+    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
+    if "cuda" in device:
+        return (x.pin_memory().to(device, non_blocking=True),
+                y.pin_memory().to(device, non_blocking=True))
+    return x.to(device), y.to(device)
+
+
+class TrainBatches:
+    """A process's training batches, each drawn a step ahead of its use, so that on a GPU its copy
+    overlaps the compute. `state` is the data stream as it was before the batch drawn ahead: a
+    run resumed from it draws that batch again, as an uninterrupted run uses it."""
+
+    def __init__(self, data: np.ndarray, c: dict, generator: torch.Generator, device: str):
+        self.data, self.c, self.generator, self.device = data, c, generator, device
+        self.state = generator.get_state()
+
+    def next(self):
+        self.state = self.generator.get_state()
+        return batch(self.data, self.c["batch_size"], self.c["block_size"], self.generator,
+                     self.device)
+
+
+def eval_batches(data: np.ndarray, c: dict):
+    """The eval_iters batches of every evaluation: the same windows each time, apart from
+    training's."""
+    generator = torch.Generator().manual_seed(c["seed"] + 1)
+    for _ in range(c["eval_iters"]):
+        yield batch(data, c["batch_size"], c["block_size"], generator, c["device"])
+
+
+def get_lr(it: int, c: dict) -> float:
+    if not c["decay_lr"]:
+        return c["learning_rate"]
+    if it < c["warmup_iters"]:
+        return c["learning_rate"] * (it + 1) / (c["warmup_iters"] + 1)
+    if it > c["lr_decay_iters"]:
+        return c["min_lr"]
+    ratio = (it - c["warmup_iters"]) / (c["lr_decay_iters"] - c["warmup_iters"])
+    coefficient = 0.5 * (1.0 + math.cos(math.pi * ratio))  # from 1 down to 0
+    return c["min_lr"] + coefficient * (c["learning_rate"] - c["min_lr"])
+
+
+def get_temperature(it: int, c: dict) -> float:
+    progress = min(it, c["lr_decay_iters"]) / c["lr_decay_iters"]
+    return c["temperature"] * (c["temperature_final"] / c["temperature"]) ** progress
+
+
+def optimizer_step(model, optimizer, scaler, grad_clip: float) -> None:
+    """The update of the accumulated gradients, clipped to norm grad_clip (0: not clipped)."""
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def anneal_temperature(mot_layers: list, it: int, settings: dict) -> None:
+    """Set MoT's τ to get_temperature(it) when temperature_final anneals it."""
+    if settings["temperature_final"] is not None:
+        for layer in mot_layers:
+            layer.log_temperature.fill_(math.log(get_temperature(it, settings)))
 
 
 # ------------------------------------------------------------------- the model and the loop
