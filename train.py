@@ -15,6 +15,7 @@ checkpoint stays.
 """
 
 import ast
+import functools
 import io
 import importlib.util
 import json
@@ -86,6 +87,11 @@ MAY_CHANGE_ON_RESUME = ("out_dir", "init_from", "overwrite", "data_root", "devic
                         "lr_decay_iters", "min_lr", "grad_clip", "temperature_final",
                         "wandb_log", "wandb_project", "wandb_run_name")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ------------------------------------------------------------------- run bookkeeping
+# Settings, their checks, resume, checkpoints, the log, signals: main's helpers. The data, the
+# model and the training loop come after this section.
 
 
 def fail(message: str):
@@ -251,6 +257,8 @@ class ByteCount(io.RawIOBase):
     def write(self, data) -> int:
         self.size += len(data)
         return len(data)
+
+
 def is_pretrained(init_from: str) -> bool:
     """Whether init_from names GPT-2's weights (a gpt2* name, or a directory of transformers')."""
     return (init_from.startswith("gpt2") and not os.path.isdir(init_from)
@@ -326,6 +334,281 @@ def gather_rng_states(batches: "TrainBatches", world_size: int):
     states = [None] * world_size if dist.get_rank() == 0 else None
     dist.gather_object(rng_state(batches), states, dst=0)
     return states
+
+
+def strict_json(value):
+    """value with None (null) for NaN and the infinities: log.jsonl is strict JSON (RFC 8259 has
+    neither), which jq and pandas read."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: strict_json(v) for key, v in value.items()}
+    if isinstance(value, list):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def stop_signal(received: list, ddp: bool, device: str, agree_now: bool) -> int:
+    """The signal that stops the run after this step, 0 for none: the first one received. A single
+    process reads its list after every step. Under DDP a signal reaches each process at its own
+    moment, so at the steps where agree_now (every log_interval-th: the all-reduce waits for the
+    GPU) they agree on the largest and all stop after the same step."""
+    signum = received[0] if received else 0
+    if ddp:
+        if not agree_now:
+            return 0
+        flag = torch.tensor(signum, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        signum = int(flag.item())
+    return signum
+
+
+def prepare_out_dir(c: dict, ckpt_path: str, log_path: str, resumed_iter) -> None:
+    """The first write of a run, after every check. A new run starts an empty log, after deleting
+    the checkpoint of the run it overwrites. A resumed run keeps the log lines up to
+    resumed_iter, the last evaluation its checkpoint holds; those after it (evaluations that a
+    crash cut off before their checkpoint, or that saved none) are evaluated and written again."""
+    try:
+        os.makedirs(c["out_dir"], exist_ok=True)
+        kept = []
+        if resumed_iter is None and os.path.exists(ckpt_path):  # --overwrite=True
+            os.remove(ckpt_path)
+        if resumed_iter is not None and os.path.exists(log_path):
+            with open(log_path) as f:  # a line without its newline was cut off: it is dropped
+                kept = [line for line in f
+                        if line.endswith("\n") and json.loads(line)["iter"] <= resumed_iter]
+        with open(log_path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(log_path + ".tmp", log_path)
+    except OSError as e:
+        fail(f"cannot write to out_dir={c['out_dir']!r} ({e.strerror}): choose another --out_dir")
+
+
+def load_start(settings: dict, given: set, ckpt_path: str, world_size: int):
+    """The model a run starts from (None from scratch), its checkpoint, and the settings a resume
+    changes. A resumed run is the run in its checkpoint; a run from another's out_dir or GPT-2
+    keeps its model and data settings: both are set in `settings` here, before the checks and the
+    seed (the seed's draws come later)."""
+    if settings["init_from"] == "scratch":
+        return None, None, {}
+    if settings["init_from"] == "resume":
+        model, checkpoint = load_checkpoint(ckpt_path, "cpu")
+        saved = [k for k in settings if k not in ("out_dir", "init_from")]
+        changes = settings_from_checkpoint(settings, given, checkpoint, ckpt_path, saved,
+                                           MAY_CHANGE_ON_RESUME)
+        if len(checkpoint["rng"]) != world_size:
+            fail(f"{ckpt_path} was written by {len(checkpoint['rng'])} processes, this run has "
+                 f"{world_size}: resume with as many (torchrun --nproc_per_node="
+                 f"{len(checkpoint['rng'])}), each continues its own batches")
+        return model, checkpoint, changes
+    model, checkpoint = load_source(settings["init_from"])  # converted, grown, or as it is
+    # upcycled: the new layers take this run's settings; GPT-2 as it is: a dense FFN
+    kept = (KEPT_BY_UPCYCLE if settings["upcycle"] else KEPT_BY_UPCYCLE + ("ffn", "dropout")
+            if is_pretrained(settings["init_from"]) else MODEL_FIELDS)
+    settings_from_checkpoint(settings, given, checkpoint, settings["init_from"],
+                             kept + ("dataset",))
+    return model, checkpoint, {}
+
+
+def check_data(settings: dict, checkpoint, meta: dict) -> None:
+    """That the dataset's meta.json fits the checkpoint the run starts from, if any."""
+    if checkpoint is not None and checkpoint["meta"] is None and meta["tokenizer"] != "gpt2":
+        fail(f"--init_from={settings['init_from']} is GPT-2, which reads the GPT-2 BPE, but "
+             f"dataset {settings['dataset']!r} has tokenizer {meta['tokenizer']!r}: use a GPT-2 "
+             f"BPE dataset such as shakespeare (python data/shakespeare/prepare.py)")
+    if checkpoint is not None and checkpoint["meta"] is not None and meta != checkpoint["meta"]:
+        fail(f"{os.path.join(settings['data_root'], settings['dataset'], 'meta.json')} is not "
+             f"the meta.json the checkpoint was trained with (another tokenizer or vocabulary): "
+             f"give the data_root that holds its dataset {settings['dataset']!r}")
+
+
+def setup_device(settings: dict, ddp: bool):
+    """This process's device, its type and the autocast context of the run's dtype; under DDP,
+    the process group joined."""
+    device_type = torch.device(settings["device"]).type
+    device = (f"cuda:{os.environ['LOCAL_RANK']}" if ddp and device_type == "cuda"
+              else settings["device"])
+    if ddp:  # gradients are averaged across processes: NCCL between GPUs, gloo between CPUs
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    if device_type == "cuda":
+        torch.cuda.set_device(torch.device(device).index or 0)  # "cuda" below means this one
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    ptdtype = DTYPES[settings["dtype"]]
+    autocast = (nullcontext() if ptdtype == torch.float32
+                else torch.amp.autocast(device_type, dtype=ptdtype))
+    return device, device_type, autocast
+
+
+def check_model(settings: dict, model: GPT) -> None:
+    """The checks of the settings that need the model."""
+    mot_layers = model.ffns(MixtureOfTokens)
+    for layer in mot_layers:
+        if settings["batch_size"] % layer.group_size:
+            fail(f"batch_size={settings['batch_size']} (the micro-batch of one step) must be a "
+                 f"multiple of group_size={layer.group_size}: MoT mixes groups of group_size "
+                 f"examples; change either")
+    if settings["temperature_final"] is not None and (
+            not mot_layers or model.config.learnable_temperature):
+        fail("temperature_final anneals a fixed MoT temperature: use it with a MoT model and "
+             "learnable_temperature=False")
+
+
+def print_summary(model: GPT, changes: dict, iter_num: int) -> None:
+    """The model's size and cost, what a resume changed, and a warning for a non-causal MoE."""
+    model_config = model.config
+    print(f"{model_config.ffn} GPT: {model.get_num_params() / 1e6:.2f}M parameters, "
+          f"{model.get_num_active_params() / 1e6:.2f}M active per token, "
+          f"{model.flops_per_token() / 1e6:.1f} MFLOPs per token (fwd+bwd)")
+    if changes:
+        print("resumed at iter {}, changed: {}".format(iter_num, ", ".join(
+            f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())))
+    if not all(layer.causal for layer in model.ffns(MixtureOfExperts)):
+        print(f"warning: this MoE (moe_routing={model_config.moe_routing!r}, capacity_factor="
+              f"{model_config.capacity_factor}) is not causal: tokens compete for the experts "
+              f"with later positions, so its val loss is better than a language model's could "
+              f"be; a training baseline only (log.jsonl: causal false)", file=sys.stderr)
+
+
+def restores_signal_handlers(function):
+    """function, then the handlers of SIGINT and SIGTERM as they were (main replaces them with
+    its save-and-stop), for a caller in the same process."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return function(*args, **kwargs)
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+    return wrapper
+
+
+def start_writing(settings: dict, master: bool, ckpt_path: str, log_path: str, resumed_at,
+                  changes: dict):
+    """The run's first write, after every check (none with eval_only): out_dir prepared (rank 0),
+    the RunLog (with wandb, if wanted), and the list of stop signals caught from now on."""
+    if settings["eval_only"]:
+        return RunLog(log_path, None, changes), []
+    if master:
+        prepare_out_dir(settings, ckpt_path, log_path, resumed_at)
+    wandb_run = start_wandb(settings) if settings["wandb_log"] and master else None
+    return RunLog(log_path, wandb_run, changes), catch_stop_signals()
+
+
+def catch_stop_signals() -> list:
+    """A list that Ctrl-C (SIGINT) and SIGTERM append to from now on: the loop reads it after each
+    step, then saves and stops."""
+    received = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, frame: received.append(signum))
+    return received
+
+
+def compile_and_wrap(model: GPT, compile: bool, ddp: bool, device: str):
+    """The model to train (compiled if asked, in DDP under torchrun) and the one to evaluate:
+    rank 0 evaluates alone, so never through DDP, whose forward waits for the other processes."""
+    if compile:
+        model = torch.compile(model)
+    eval_model = model
+    if ddp:
+        model = DDP(model, device_ids=[torch.device(device).index]
+                    if torch.device(device).type == "cuda" else None)
+    return model, eval_model
+
+
+def resume(checkpoint: dict, rank: int, optimizer, scaler, data_rng: torch.Generator):
+    """Optimizer, scaler and random streams restored from a checkpoint; its iter_num,
+    best_val_loss and elapsed_s, and the last iteration whose evaluation it holds."""
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    set_rng_state(checkpoint["rng"][rank], data_rng)
+    iter_num = checkpoint["iter_num"]
+    # an interrupt saves before its iteration's evaluation: the resumed run evaluates it
+    resumed_at = iter_num if checkpoint.get("evaluated", True) else iter_num - 1
+    return iter_num, checkpoint["best_val_loss"], checkpoint["elapsed_s"], resumed_at
+
+
+class Checkpoints:
+    """Saves a run's checkpoints to ckpt_path, and stops a run whose loss or weights are no longer
+    finite before they are saved over the last finite checkpoint. (fp16's GradScaler skips a step
+    whose gradients overflow: its loss is finite, and that run goes on.)"""
+
+    def __init__(self, path: str, model: GPT, optimizer, scaler, settings: dict, meta: dict,
+                 saved_iter=None):
+        self.path, self.model, self.optimizer, self.scaler = path, model, optimizer, scaler
+        self.settings, self.meta, self.saved_iter = settings, meta, saved_iter
+
+    def save(self, iter_num: int, best_val_loss: float, elapsed_s: float, rng_states: list,
+             evaluated: bool = True) -> None:
+        """Checkpoint the run at iter_num; `evaluated`: after iter_num's evaluation (if due)."""
+        weights = self.model.state_dict()
+        bad = nonfinite(weights)  # even with finite losses: an expert no eval token reached
+        if bad:
+            self.diverged(f"weight {bad[0]}", iter_num)
+        save_checkpoint(dict(model=weights, optimizer=self.optimizer.state_dict(),
+                             scaler=self.scaler.state_dict(), model_args=asdict(self.model.config),
+                             iter_num=iter_num, best_val_loss=best_val_loss, elapsed_s=elapsed_s,
+                             config=self.settings, meta=self.meta, rng=rng_states,
+                             evaluated=evaluated), self.path)
+        self.saved_iter = iter_num
+
+    def diverged(self, what: str, iter_num: int) -> None:
+        kept = (f"{self.path} keeps iter {self.saved_iter}, the last finite checkpoint: resume it "
+                f"(--init_from=resume)" if self.saved_iter is not None
+                else "no checkpoint was saved: start again")
+        fail(f"{what} is not finite at iter {iter_num}: the run diverged; {kept} with a lower "
+             f"learning_rate or with grad_clip set (e.g. 1.0), or train in bfloat16 instead of "
+             f"float16")
+
+
+class RunLog:
+    """log.jsonl, and wandb if wandb_run: a line per evaluation, with the tokens per second since
+    the last one; the first line after a resume that changed settings says so."""
+
+    def __init__(self, path: str, wandb_run, changes: dict):
+        self.path, self.wandb_run, self.changes = path, wandb_run, changes
+        self.tokens, self.seconds = 0, 0.0  # since the last evaluation
+        self.steps, self.running_mfu = 0, -1.0
+
+    def count(self, tokens: int, seconds: float) -> None:
+        """One optimizer step, of `tokens` tokens."""
+        self.tokens += tokens
+        self.seconds += seconds
+        self.steps += 1
+
+    def print_step(self, iter_num: int, lm_loss: torch.Tensor, model: GPT, fwdbwd_per_iter: int,
+                   tokens: int, dt: float) -> float:
+        """Print the step's loss and speed; returns the loss, the only read of the step."""
+        lm_loss_value = lm_loss.item()
+        if self.steps > 5:  # nanoGPT's warm-up: the first steps (compile) would skew the MFU
+            mfu = model.estimate_mfu(fwdbwd_per_iter, dt)
+            self.running_mfu = (mfu if self.running_mfu == -1.0
+                                else 0.9 * self.running_mfu + 0.1 * mfu)
+        print(f"iter {iter_num}: loss {lm_loss_value:.4f}, time {dt * 1000:.1f}ms, "
+              f"{tokens / dt:,.0f} tokens/s, mfu {self.running_mfu * 100:.2f}%")
+        return lm_loss_value
+
+    def tokens_per_s(self):
+        return self.tokens / self.seconds if self.seconds else None
+
+    def write(self, record: dict) -> None:
+        """The line first, then the checkpoint: a resumed run drops the lines past its
+        checkpoint's iteration and writes them again, so no crash leaves a duplicate or gap."""
+        if self.changes:
+            record["changed_on_resume"], self.changes = self.changes, {}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
+        if self.wandb_run is not None:
+            log_record(self.wandb_run, record)
+        self.tokens, self.seconds = 0, 0.0
+
+    def finish(self) -> None:
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+# ------------------------------------------------------------------- data and schedules
 
 
 CHECKED_TOKENS = 1 << 20  # load_data reads this many tokens of a split, not all of a large one
@@ -422,277 +705,141 @@ def get_temperature(it: int, c: dict) -> float:
     return c["temperature"] * (c["temperature_final"] / c["temperature"]) ** progress
 
 
-def strict_json(value):
-    """value with None (null) for NaN and the infinities: log.jsonl is strict JSON (RFC 8259 has
-    neither), which jq and pandas read."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: strict_json(v) for key, v in value.items()}
-    if isinstance(value, list):
-        return [strict_json(v) for v in value]
-    return value
+def optimizer_step(model, optimizer, scaler, grad_clip: float) -> None:
+    """The update of the accumulated gradients, clipped to norm grad_clip (0: not clipped)."""
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
 
 
-def stop_signal(received: list, ddp: bool, device: str, agree_now: bool) -> int:
-    """The signal that stops the run after this step, 0 for none: the first one received. A single
-    process reads its list after every step. Under DDP a signal reaches each process at its own
-    moment, so at the steps where agree_now (every log_interval-th: the all-reduce waits for the
-    GPU) they agree on the largest and all stop after the same step."""
-    signum = received[0] if received else 0
-    if ddp:
-        if not agree_now:
-            return 0
-        flag = torch.tensor(signum, device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        signum = int(flag.item())
-    return signum
+def anneal_temperature(mot_layers: list, it: int, settings: dict) -> None:
+    """Set MoT's τ to get_temperature(it) when temperature_final anneals it."""
+    if settings["temperature_final"] is not None:
+        for layer in mot_layers:
+            layer.log_temperature.fill_(math.log(get_temperature(it, settings)))
 
 
-def prepare_out_dir(c: dict, ckpt_path: str, log_path: str, resumed_iter) -> None:
-    """The first write of a run, after every check. A new run starts an empty log, after deleting
-    the checkpoint of the run it overwrites. A resumed run keeps the log lines up to
-    resumed_iter, the last evaluation its checkpoint holds; those after it (evaluations that a
-    crash cut off before their checkpoint, or that saved none) are evaluated and written again."""
-    try:
-        os.makedirs(c["out_dir"], exist_ok=True)
-        kept = []
-        if resumed_iter is None and os.path.exists(ckpt_path):  # --overwrite=True
-            os.remove(ckpt_path)
-        if resumed_iter is not None and os.path.exists(log_path):
-            with open(log_path) as f:  # a line without its newline was cut off: it is dropped
-                kept = [line for line in f
-                        if line.endswith("\n") and json.loads(line)["iter"] <= resumed_iter]
-        with open(log_path + ".tmp", "w") as f:
-            f.writelines(kept)
-        os.replace(log_path + ".tmp", log_path)
-    except OSError as e:
-        fail(f"cannot write to out_dir={c['out_dir']!r} ({e.strerror}): choose another --out_dir")
+# ------------------------------------------------------------------- the model and the loop
 
 
-def main(argv: list) -> None:
-    """train.py's command line: run(argv), then the handlers of SIGINT and SIGTERM as they were
-    (run replaces them with its save-and-stop), for a caller in the same process."""
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        run(argv)
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-
-
-def run(argv: list) -> None:
-    c, given = configure(argv)
-    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    ddp, master = world_size > 1, rank == 0
-    ckpt_path = os.path.join(c["out_dir"], "ckpt.pt")
-    log_path = os.path.join(c["out_dir"], "log.jsonl")
-
-    # a resumed run is the run in its checkpoint; a transition run keeps its source's model and
-    # data (the source's GPT is built here, before seeding: the seed's draws start below)
-    checkpoint, changes = None, {}
-    if c["init_from"] == "resume":
-        model, checkpoint = load_checkpoint(ckpt_path, "cpu")
-        changes = settings_from_checkpoint(c, given, checkpoint, ckpt_path,
-                                           [k for k in c if k not in ("out_dir", "init_from")],
-                                           MAY_CHANGE_ON_RESUME)
-        if len(checkpoint["rng"]) != world_size:
-            fail(f"{ckpt_path} was written by {len(checkpoint['rng'])} processes, this run has "
-                 f"{world_size}: resume with as many (torchrun --nproc_per_node="
-                 f"{len(checkpoint['rng'])}), each continues its own batches")
-    elif c["init_from"] != "scratch":  # converted, grown, or finetuned as it is
-        model, checkpoint = load_source(c["init_from"])
-        # upcycled: the new layers take this run's settings; GPT-2 as it is: a dense FFN
-        kept = (KEPT_BY_UPCYCLE if c["upcycle"] else KEPT_BY_UPCYCLE + ("ffn", "dropout")
-                if is_pretrained(c["init_from"]) else MODEL_FIELDS)
-        settings_from_checkpoint(c, given, checkpoint, c["init_from"], kept + ("dataset",))
-    validate(c, world_size, ckpt_path)
-    device_type = torch.device(c["device"]).type
-    device = f"cuda:{os.environ['LOCAL_RANK']}" if ddp and device_type == "cuda" else c["device"]
-    if ddp:  # gradients are averaged across processes: NCCL between GPUs, gloo between CPUs
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    if device_type == "cuda":
-        torch.cuda.set_device(torch.device(device).index or 0)  # "cuda" below means this one
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    ptdtype = DTYPES[c["dtype"]]
-    autocast = (nullcontext() if ptdtype == torch.float32
-                else torch.amp.autocast(device_type, dtype=ptdtype))
-    torch.manual_seed(c["seed"] + rank)
-    data_rng = torch.Generator().manual_seed(c["seed"] + rank)  # training batches only
-
-    # data, model, optimizer: the last checks, then the first write
-    splits, meta = load_data(c["data_root"], c["dataset"], c["block_size"])
-    if checkpoint is not None and checkpoint["meta"] is None and meta["tokenizer"] != "gpt2":
-        fail(f"--init_from={c['init_from']} is GPT-2, which reads the GPT-2 BPE, but dataset "
-             f"{c['dataset']!r} has tokenizer {meta['tokenizer']!r}: use a GPT-2 BPE dataset "
-             f"such as shakespeare (python data/shakespeare/prepare.py)")
-    if checkpoint is not None and checkpoint["meta"] is not None and meta != checkpoint["meta"]:
-        fail(f"{os.path.join(c['data_root'], c['dataset'], 'meta.json')} is not the meta.json "
-             f"the checkpoint was trained with (another tokenizer or vocabulary): give the "
-             f"data_root that holds its dataset {c['dataset']!r}")
-    if c["init_from"] == "scratch":
+def build_model(settings: dict, source, meta: dict) -> GPT:
+    """The model the run trains, from scratch or from `source` (load_start's): resumed or
+    finetuned as it is, converted (transition) or grown (upcycle). The settings then hold the
+    model's config, which the checkpoints save, and are checked against it."""
+    if settings["init_from"] == "scratch":
         try:
-            model = GPT(GPTConfig(**{k: c[k] for k in MODEL_FIELDS},
+            model = GPT(GPTConfig(**{k: settings[k] for k in MODEL_FIELDS},
                                   vocab_size=meta["vocab_size"]))
         except ValueError as e:
             fail(str(e))
-    elif c["init_from"] != "resume" and (c["transition"] or c["upcycle"]):
+    elif settings["init_from"] != "resume" and (settings["transition"] or settings["upcycle"]):
         try:  # transition tuning: the MoT converted to run unmixed; or the dense FFNs grown
-            model = (model.to_sparse(c["transition"]) if c["transition"] else
-                     model.upcycle(c["upcycle"], **{k: c[k] for k in NEW_LAYER_FIELDS}))
+            model = (source.to_sparse(settings["transition"]) if settings["transition"] else
+                     source.upcycle(settings["upcycle"],
+                                    **{k: settings[k] for k in NEW_LAYER_FIELDS}))
         except ValueError as e:
-            fail(f"{c['init_from']}: {e}")
-    config = model.config
-    c.update({k: v for k, v in asdict(config).items() if k in c})  # the saved config = model's
-    mot_layers = model.ffns(MixtureOfTokens)
-    moe_layers = model.ffns(MixtureOfExperts)
-    for layer in mot_layers:
-        if c["batch_size"] % layer.group_size:
-            fail(f"batch_size={c['batch_size']} (the micro-batch of one step) must be a multiple "
-                 f"of group_size={layer.group_size}: MoT mixes groups of group_size examples; "
-                 f"change either")
-    if c["temperature_final"] is not None and (not mot_layers or config.learnable_temperature):
-        fail("temperature_final anneals a fixed MoT temperature: use it with a MoT model and "
-             "learnable_temperature=False")
-    causal = all(layer.causal for layer in moe_layers)
+            fail(f"{settings['init_from']}: {e}")
+    else:
+        model = source
+    settings.update({k: v for k, v in asdict(model.config).items() if k in settings})
+    check_model(settings, model)
+    return model
+
+
+@torch.no_grad()
+def evaluate(model, splits: dict, settings: dict, autocast, mot_layers: list,
+             iter_num: int) -> dict:
+    """Mean LM loss (MoE aux loss excluded) over eval_iters batches, the same batches every time;
+    also MoT's merge-weight entropy (normalised to [0, 1]) per layer on the val batches. Prints
+    the losses; draws no random numbers."""
+    model.eval()
+    result = {}
+    for split in ("train", "val"):
+        losses = torch.zeros(settings["eval_iters"])
+        entropies = torch.zeros(settings["eval_iters"], len(mot_layers))
+        for k, (X, Y) in enumerate(eval_batches(splits[split], settings)):
+            with autocast:
+                _, loss = model(X, Y)
+            losses[k] = loss.item()
+            entropies[k] = torch.tensor([m.merge_entropy() for m in mot_layers])
+        result[f"{split}_loss"] = losses.mean().item()
+    if mot_layers:
+        result["merge_entropy"] = entropies.mean(0).tolist()
+    model.train()
+    print(f"step {iter_num}: train loss {result['train_loss']:.4f}, "
+          f"val loss {result['val_loss']:.4f}")
+    return result
+
+
+@restores_signal_handlers
+def main(argv: list) -> None:
+    settings, given = configure(argv)  # the run's settings (the GPT's are model.config)
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    ddp, master = world_size > 1, rank == 0
+    ckpt_path, log_path = (os.path.join(settings["out_dir"], f) for f in ("ckpt.pt", "log.jsonl"))
+    source, checkpoint, changes = load_start(settings, given, ckpt_path, world_size)
+    validate(settings, world_size, ckpt_path)
+    device, device_type, autocast = setup_device(settings, ddp)
+    torch.manual_seed(settings["seed"] + rank)
+    data_rng = torch.Generator().manual_seed(settings["seed"] + rank)  # training batches only
+
+    # data, model, optimizer: the last checks, then the first write
+    splits, meta = load_data(settings["data_root"], settings["dataset"], settings["block_size"])
+    check_data(settings, checkpoint, meta)
+    model = build_model(settings, source, meta)
+    mot_layers, moe_layers = model.ffns(MixtureOfTokens), model.ffns(MixtureOfExperts)
     model.train().to(device)
-    scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))
-    optimizer = model.configure_optimizers(c["weight_decay"], c["learning_rate"],
-                                           (c["beta1"], c["beta2"]), device_type)
-    iter_num, best_val_loss, elapsed_s, resumed_at, saved_iter = 0, float("inf"), 0.0, None, None
-    if c["init_from"] == "resume":
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        set_rng_state(checkpoint["rng"][rank], data_rng)
-        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
-        # an interrupt saves before its iteration's evaluation: the resumed run evaluates it
-        elapsed_s, saved_iter = checkpoint["elapsed_s"], iter_num
-        resumed_at = iter_num if checkpoint.get("evaluated", True) else iter_num - 1
-    checkpoint = None  # free memory
-    if master and not c["eval_only"]:
-        prepare_out_dir(c, ckpt_path, log_path, resumed_at)
-    received = []  # Ctrl-C (SIGINT) and SIGTERM, from the first write on: the loop saves, stops
-    if not c["eval_only"]:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda signum, frame: received.append(signum))
-    wandb_run = start_wandb(c) if c["wandb_log"] and master and not c["eval_only"] else None
+    scaler = torch.amp.GradScaler(device_type, enabled=(DTYPES[settings["dtype"]] == torch.float16))
+    optimizer = model.configure_optimizers(settings["weight_decay"], settings["learning_rate"],
+                                           (settings["beta1"], settings["beta2"]), device_type)
+    iter_num, best_val_loss, elapsed_s, resumed_at = (
+        resume(checkpoint, rank, optimizer, scaler, data_rng) if settings["init_from"] == "resume"
+        else (0, float("inf"), 0.0, None))
+    checkpoints = Checkpoints(ckpt_path, model, optimizer, scaler, settings, meta,
+                              iter_num if resumed_at is not None else None)
+    source = checkpoint = None  # free memory
+    log, received = start_writing(settings, master, ckpt_path, log_path, resumed_at, changes)
     if master:
-        print(f"{config.ffn} GPT: {model.get_num_params() / 1e6:.2f}M parameters, "
-              f"{model.get_num_active_params() / 1e6:.2f}M active per token, "
-              f"{model.flops_per_token() / 1e6:.1f} MFLOPs per token (fwd+bwd)")
-        if changes:
-            print("resumed at iter {}, changed: {}".format(iter_num, ", ".join(
-                f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())))
-        if not causal:
-            print(f"warning: this MoE (moe_routing={config.moe_routing!r}, capacity_factor="
-                  f"{config.capacity_factor}) is not causal: tokens compete for the experts with "
-                  f"later positions, so its val loss is better than a language model's could "
-                  f"be; a training baseline only (log.jsonl: causal false)", file=sys.stderr)
+        print_summary(model, changes, iter_num)
     raw_model = model
-    if c["compile"]:
-        model = torch.compile(model)
-    # rank 0 evaluates alone, so never through DDP, whose forward waits for the other processes
-    eval_model = model
-    if ddp:
-        model = DDP(model, device_ids=[torch.device(device).index] if device_type == "cuda"
-                    else None)
+    model, eval_model = compile_and_wrap(model, settings["compile"], ddp, device)
+    if settings["eval_only"] and master:  # evaluate the model as it is and write nothing
+        evaluate(eval_model, splits, settings, autocast, mot_layers, iter_num)
 
-    @torch.no_grad()
-    def evaluate() -> dict:
-        """Mean LM loss (MoE aux loss excluded) over eval_iters batches, the same batches every
-        time; also MoT's merge-weight entropy (normalised to [0, 1]) per layer on the val
-        batches. Draws no random numbers."""
-        eval_model.eval()
-        result = {}
-        for split in ("train", "val"):
-            losses = torch.zeros(c["eval_iters"])
-            entropies = torch.zeros(c["eval_iters"], len(mot_layers))
-            for k, (X, Y) in enumerate(eval_batches(splits[split], c)):
-                with autocast:
-                    _, loss = eval_model(X, Y)
-                losses[k] = loss.item()
-                entropies[k] = torch.tensor([m.merge_entropy() for m in mot_layers])
-            result[f"{split}_loss"] = losses.mean().item()
-        if mot_layers:
-            result["merge_entropy"] = entropies.mean(0).tolist()
-        eval_model.train()
-        return result
-
-    def diverged(what: str) -> None:
-        """Stop a run whose loss or weights are no longer finite, before they are saved over the
-        last finite checkpoint. (fp16's GradScaler skips a step whose gradients overflow: its
-        loss is finite, and that run goes on.)"""
-        kept = (f"{ckpt_path} keeps iter {saved_iter}, the last finite checkpoint: resume it "
-                f"(--init_from=resume)" if saved_iter is not None
-                else "no checkpoint was saved: start again")
-        fail(f"{what} is not finite at iter {iter_num}: the run diverged; {kept} with a lower "
-             f"learning_rate or with grad_clip set (e.g. 1.0), or train in bfloat16 instead of "
-             f"float16")
-
-    def save(rng_states: list, evaluated: bool = True) -> None:
-        """Checkpoint the run at iter_num; `evaluated`: after iter_num's evaluation (if due)."""
-        nonlocal saved_iter
-        weights = raw_model.state_dict()
-        bad = nonfinite(weights)  # even with finite losses: an expert no eval token reached
-        if bad:
-            diverged(f"weight {bad[0]}")
-        save_checkpoint(dict(model=weights, optimizer=optimizer.state_dict(),
-                             scaler=scaler.state_dict(), model_args=asdict(config),
-                             iter_num=iter_num, best_val_loss=best_val_loss, elapsed_s=elapsed_s,
-                             config=c, meta=meta, rng=rng_states, evaluated=evaluated), ckpt_path)
-        saved_iter = iter_num
-
-    if c["eval_only"] and master:  # evaluate the model as it is and write nothing
-        losses = evaluate()
-        print(f"step {iter_num}: train loss {losses['train_loss']:.4f}, "
-              f"val loss {losses['val_loss']:.4f}")
-
-    # the training loop: evaluate, log and checkpoint every eval_interval and at the end (not
-    # again those the resumed checkpoint holds), then one optimizer step; after it, a stop signal
-    # saves and stops
-    accumulation_steps = c["gradient_accumulation_steps"] // world_size  # per process
-    tokens_per_iter = c["gradient_accumulation_steps"] * c["batch_size"] * c["block_size"]
-    tokens_since_eval, time_since_eval, running_mfu, steps_run, stop = 0, 0.0, -1.0, 0, 0
-    batches = TrainBatches(splits["train"], c, data_rng, device)
+    # the loop: evaluate, log and save every eval_interval and at the end (not again what the
+    # resumed checkpoint holds), then one optimizer step; after it, a stop signal saves and stops
+    accumulation_steps = settings["gradient_accumulation_steps"] // world_size  # per process
+    tokens_per_iter = (settings["gradient_accumulation_steps"] * settings["batch_size"]
+                       * settings["block_size"])
+    stop = 0
+    batches = TrainBatches(splits["train"], settings, data_rng, device)
     X, Y = batches.next()
-    while not c["eval_only"]:
-        lr = get_lr(iter_num, c)
+    while not settings["eval_only"]:
+        lr = get_lr(iter_num, settings)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        if c["temperature_final"] is not None:
-            for layer in mot_layers:
-                layer.log_temperature.fill_(math.log(get_temperature(iter_num, c)))
-        evaluate_now = ((iter_num % c["eval_interval"] == 0 or iter_num == c["max_iters"])
-                        and iter_num != resumed_at)
+        anneal_temperature(mot_layers, iter_num, settings)
+        evaluate_now = ((iter_num % settings["eval_interval"] == 0
+                         or iter_num == settings["max_iters"]) and iter_num != resumed_at)
         if evaluate_now:  # every process takes part (evaluation draws no random numbers)
             rng_states = gather_rng_states(batches, world_size)
         if evaluate_now and master:
-            losses = evaluate()
-            print(f"step {iter_num}: train loss {losses['train_loss']:.4f}, "
-                  f"val loss {losses['val_loss']:.4f}")
-            record = dict(iter=iter_num, **losses, lr=lr, elapsed_s=elapsed_s,
-                          tokens_per_s=tokens_since_eval / time_since_eval if time_since_eval
-                          else None,
-                          aux_loss=raw_model.aux_loss.item() if moe_layers else None,
-                          temperature=[m.temperature.item() for m in mot_layers] or None,
-                          causal=causal)
-            if changes:  # the first evaluation after a resume that changed settings says so
-                record["changed_on_resume"], changes = changes, {}
-            # the line first, then the checkpoint: a resumed run drops the lines past its
-            # checkpoint's iteration and writes them again, so no crash leaves a duplicate or gap
-            with open(log_path, "a") as f:
-                f.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
-            if wandb_run is not None:
-                log_record(wandb_run, record)
+            losses = evaluate(eval_model, splits, settings, autocast, mot_layers, iter_num)
+            log.write(dict(iter=iter_num, **losses, lr=lr, elapsed_s=elapsed_s,
+                           tokens_per_s=log.tokens_per_s(),
+                           aux_loss=raw_model.aux_loss.item() if moe_layers else None,
+                           temperature=[m.temperature.item() for m in mot_layers] or None,
+                           causal=all(layer.causal for layer in moe_layers)))
             if not (math.isfinite(losses["train_loss"]) and math.isfinite(losses["val_loss"])):
-                diverged("the eval loss")
-            tokens_since_eval, time_since_eval = 0, 0.0
+                checkpoints.diverged("the eval loss", iter_num)
             improved = losses["val_loss"] < best_val_loss
             best_val_loss = min(best_val_loss, losses["val_loss"])
-            if (improved or c["always_save_checkpoint"]) and iter_num > 0:
-                save(rng_states)
-        if iter_num >= c["max_iters"]:
+            if (improved or settings["always_save_checkpoint"]) and iter_num > 0:
+                checkpoints.save(iter_num, best_val_loss, elapsed_s, rng_states)
+        if iter_num >= settings["max_iters"]:
             break
 
         t0 = time.time()
@@ -704,35 +851,28 @@ def run(argv: list) -> None:
                 loss = (lm_loss + raw_model.aux_loss) / accumulation_steps
             X, Y = batches.next()  # drawn and copied while the GPU runs the forward
             scaler.scale(loss).backward()
-        if c["grad_clip"] != 0.0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), c["grad_clip"])
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(model, optimizer, scaler, settings["grad_clip"])
         dt = time.time() - t0  # without a GPU sync: the launch time, up to the log's .item()
         elapsed_s += dt
-        tokens_since_eval += tokens_per_iter
-        time_since_eval += dt
-        steps_run += 1
-        if iter_num % c["log_interval"] == 0 and master:
-            lm_loss_value = lm_loss.item()  # of the last micro-step; the only read of the step
-            if steps_run > 5:  # nanoGPT's warm-up: the first steps (compile) would skew the MFU
-                mfu = raw_model.estimate_mfu(c["batch_size"] * accumulation_steps, dt)
-                running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
-            print(f"iter {iter_num}: loss {lm_loss_value:.4f}, time {dt * 1000:.1f}ms, "
-                  f"{tokens_per_iter / dt:,.0f} tokens/s, mfu {running_mfu * 100:.2f}%")
+        log.count(tokens_per_iter, dt)
+        if iter_num % settings["log_interval"] == 0 and master:  # the last micro-step's loss
+            lm_loss_value = log.print_step(iter_num, lm_loss, raw_model, settings["batch_size"]
+                                           * accumulation_steps, tokens_per_iter, dt)
             if not math.isfinite(lm_loss_value):  # checked as printed: no wait for the GPU
-                diverged("the train loss")
+                checkpoints.diverged("the train loss", iter_num)
         iter_num += 1
-        stop = stop_signal(received, ddp, device, iter_num % c["log_interval"] == 0)
+        stop = stop_signal(received, ddp, device, iter_num % settings["log_interval"] == 0)
         if stop:  # every process takes part; the checkpoint resumes exactly
             rng_states = gather_rng_states(batches, world_size)
             if master:
-                save(rng_states, evaluated=False)
+                checkpoints.save(iter_num, best_val_loss, elapsed_s, rng_states, evaluated=False)
             break
-    if wandb_run is not None:
-        wandb_run.finish()
+    finish(log, ddp, stop, master, ckpt_path, iter_num)
+
+
+def finish(log: RunLog, ddp: bool, stop: int, master: bool, ckpt_path: str, iter_num: int):
+    """The end of a run: wandb closed, the processes leaving together, a stopped run's exit code."""
+    log.finish()
     if ddp:  # leave together, once rank 0 has written its last evaluation and checkpoint
         dist.barrier()
         dist.destroy_process_group()
