@@ -485,15 +485,19 @@ def restores_signal_handlers(function):
 
 
 def start_writing(settings: dict, master: bool, ckpt_path: str, log_path: str, resumed_at,
-                  changes: dict):
+                  changes: dict, model: GPT, accumulation_steps: int):
     """The run's first write, after every check (none with eval_only): out_dir prepared (rank 0),
     the RunLog (with wandb, if wanted), and the list of stop signals caught from now on."""
+    run_log = functools.partial(RunLog, log_path, changes=changes, model=model,
+                                sequences_per_iter=settings["batch_size"] * accumulation_steps,
+                                tokens_per_iter=settings["gradient_accumulation_steps"]
+                                * settings["batch_size"] * settings["block_size"])
     if settings["eval_only"]:
-        return RunLog(log_path, None, changes), []
+        return run_log(wandb_run=None), []
     if master:
         prepare_out_dir(settings, ckpt_path, log_path, resumed_at)
     wandb_run = start_wandb(settings) if settings["wandb_log"] and master else None
-    return RunLog(log_path, wandb_run, changes), catch_stop_signals()
+    return run_log(wandb_run=wandb_run), catch_stop_signals()
 
 
 def catch_stop_signals() -> list:
@@ -553,6 +557,11 @@ class Checkpoints:
                              evaluated=evaluated), self.path)
         self.saved_iter = iter_num
 
+    def check_losses(self, losses: dict, iter_num: int) -> None:
+        """Stop the run if an evaluation's loss is not finite, before anything is saved."""
+        if not (math.isfinite(losses["train_loss"]) and math.isfinite(losses["val_loss"])):
+            self.diverged("the eval loss", iter_num)
+
     def diverged(self, what: str, iter_num: int) -> None:
         kept = (f"{self.path} keeps iter {self.saved_iter}, the last finite checkpoint: resume it "
                 f"(--init_from=resume)" if self.saved_iter is not None
@@ -564,37 +573,45 @@ class Checkpoints:
 
 class RunLog:
     """log.jsonl, and wandb if wandb_run: a line per evaluation, with the tokens per second since
-    the last one; the first line after a resume that changed settings says so."""
+    the last one; the first line after a resume that changed settings says so. model: the GPT
+    trained (not its compiled or DDP wrapper); sequences_per_iter: one process's forward-backward
+    passes per step, for the MFU; tokens_per_iter: all processes' tokens per step."""
 
-    def __init__(self, path: str, wandb_run, changes: dict):
-        self.path, self.wandb_run, self.changes = path, wandb_run, changes
+    def __init__(self, path: str, wandb_run, changes: dict, model: GPT, sequences_per_iter: int,
+                 tokens_per_iter: int):
+        self.path, self.wandb_run, self.changes, self.model = path, wandb_run, changes, model
+        self.sequences_per_iter, self.tokens_per_iter = sequences_per_iter, tokens_per_iter
         self.tokens, self.seconds = 0, 0.0  # since the last evaluation
         self.steps, self.running_mfu = 0, -1.0
 
-    def count(self, tokens: int, seconds: float) -> None:
-        """One optimizer step, of `tokens` tokens."""
-        self.tokens += tokens
+    def count(self, seconds: float) -> None:
+        """One optimizer step, which took `seconds`."""
+        self.tokens += self.tokens_per_iter
         self.seconds += seconds
         self.steps += 1
 
-    def print_step(self, iter_num: int, lm_loss: torch.Tensor, model: GPT, fwdbwd_per_iter: int,
-                   tokens: int, dt: float) -> float:
+    def print_step(self, iter_num: int, lm_loss: torch.Tensor, dt: float) -> float:
         """Print the step's loss and speed; returns the loss, the only read of the step."""
         lm_loss_value = lm_loss.item()
         if self.steps > 5:  # nanoGPT's warm-up: the first steps (compile) would skew the MFU
-            mfu = model.estimate_mfu(fwdbwd_per_iter, dt)
+            mfu = self.model.estimate_mfu(self.sequences_per_iter, dt)
             self.running_mfu = (mfu if self.running_mfu == -1.0
                                 else 0.9 * self.running_mfu + 0.1 * mfu)
         print(f"iter {iter_num}: loss {lm_loss_value:.4f}, time {dt * 1000:.1f}ms, "
-              f"{tokens / dt:,.0f} tokens/s, mfu {self.running_mfu * 100:.2f}%")
+              f"{self.tokens_per_iter / dt:,.0f} tokens/s, mfu {self.running_mfu * 100:.2f}%")
         return lm_loss_value
 
-    def tokens_per_s(self):
-        return self.tokens / self.seconds if self.seconds else None
-
-    def write(self, record: dict) -> None:
-        """The line first, then the checkpoint: a resumed run drops the lines past its
+    def write(self, iter_num: int, losses: dict, lr: float, elapsed_s: float) -> None:
+        """The evaluation's line (with MoE's aux loss, MoT's τ, and whether every layer is
+        causal). The line first, then the checkpoint: a resumed run drops the lines past its
         checkpoint's iteration and writes them again, so no crash leaves a duplicate or gap."""
+        mot_layers = self.model.ffns(MixtureOfTokens)
+        moe_layers = self.model.ffns(MixtureOfExperts)
+        record = dict(iter=iter_num, **losses, lr=lr, elapsed_s=elapsed_s,
+                      tokens_per_s=self.tokens / self.seconds if self.seconds else None,
+                      aux_loss=self.model.aux_loss.item() if moe_layers else None,
+                      temperature=[m.temperature.item() for m in mot_layers] or None,
+                      causal=all(layer.causal for layer in moe_layers))
         if self.changes:
             record["changed_on_resume"], self.changes = self.changes, {}
         with open(self.path, "a") as f:
@@ -700,6 +717,14 @@ def get_lr(it: int, c: dict) -> float:
     return c["min_lr"] + coefficient * (c["learning_rate"] - c["min_lr"])
 
 
+def set_lr(optimizer, it: int, settings: dict) -> float:
+    """The learning rate of step `it`, set in every parameter group."""
+    lr = get_lr(it, settings)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
 def get_temperature(it: int, c: dict) -> float:
     progress = min(it, c["lr_decay_iters"]) / c["lr_decay_iters"]
     return c["temperature"] * (c["temperature_final"] / c["temperature"]) ** progress
@@ -789,38 +814,35 @@ def main(argv: list) -> None:
     # data, model, optimizer: the last checks, then the first write
     splits, meta = load_data(settings["data_root"], settings["dataset"], settings["block_size"])
     check_data(settings, checkpoint, meta)
-    model = build_model(settings, source, meta)
-    mot_layers, moe_layers = model.ffns(MixtureOfTokens), model.ffns(MixtureOfExperts)
-    model.train().to(device)
+    raw_model = build_model(settings, source, meta)  # model: its compiled or DDP wrapper
+    mot_layers = raw_model.ffns(MixtureOfTokens)
+    raw_model.train().to(device)
     scaler = torch.amp.GradScaler(device_type, enabled=(DTYPES[settings["dtype"]] == torch.float16))
-    optimizer = model.configure_optimizers(settings["weight_decay"], settings["learning_rate"],
-                                           (settings["beta1"], settings["beta2"]), device_type)
+    optimizer = raw_model.configure_optimizers(settings["weight_decay"],
+                                               settings["learning_rate"],
+                                               (settings["beta1"], settings["beta2"]), device_type)
     iter_num, best_val_loss, elapsed_s, resumed_at = (
         resume(checkpoint, rank, optimizer, scaler, data_rng) if settings["init_from"] == "resume"
         else (0, float("inf"), 0.0, None))
-    checkpoints = Checkpoints(ckpt_path, model, optimizer, scaler, settings, meta,
+    checkpoints = Checkpoints(ckpt_path, raw_model, optimizer, scaler, settings, meta,
                               iter_num if resumed_at is not None else None)
     source = checkpoint = None  # free memory
-    log, received = start_writing(settings, master, ckpt_path, log_path, resumed_at, changes)
+    accumulation_steps = settings["gradient_accumulation_steps"] // world_size  # per process
+    log, received = start_writing(settings, master, ckpt_path, log_path, resumed_at, changes,
+                                  raw_model, accumulation_steps)
     if master:
-        print_summary(model, changes, iter_num)
-    raw_model = model
-    model, eval_model = compile_and_wrap(model, settings["compile"], ddp, device)
+        print_summary(raw_model, changes, iter_num)
+    model, eval_model = compile_and_wrap(raw_model, settings["compile"], ddp, device)
     if settings["eval_only"] and master:  # evaluate the model as it is and write nothing
         evaluate(eval_model, splits, settings, autocast, mot_layers, iter_num)
 
     # the loop: evaluate, log and save every eval_interval and at the end (not again what the
     # resumed checkpoint holds), then one optimizer step; after it, a stop signal saves and stops
-    accumulation_steps = settings["gradient_accumulation_steps"] // world_size  # per process
-    tokens_per_iter = (settings["gradient_accumulation_steps"] * settings["batch_size"]
-                       * settings["block_size"])
     stop = 0
     batches = TrainBatches(splits["train"], settings, data_rng, device)
     X, Y = batches.next()
     while not settings["eval_only"]:
-        lr = get_lr(iter_num, settings)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = set_lr(optimizer, iter_num, settings)
         anneal_temperature(mot_layers, iter_num, settings)
         evaluate_now = ((iter_num % settings["eval_interval"] == 0
                          or iter_num == settings["max_iters"]) and iter_num != resumed_at)
@@ -828,13 +850,8 @@ def main(argv: list) -> None:
             rng_states = gather_rng_states(batches, world_size)
         if evaluate_now and master:
             losses = evaluate(eval_model, splits, settings, autocast, mot_layers, iter_num)
-            log.write(dict(iter=iter_num, **losses, lr=lr, elapsed_s=elapsed_s,
-                           tokens_per_s=log.tokens_per_s(),
-                           aux_loss=raw_model.aux_loss.item() if moe_layers else None,
-                           temperature=[m.temperature.item() for m in mot_layers] or None,
-                           causal=all(layer.causal for layer in moe_layers)))
-            if not (math.isfinite(losses["train_loss"]) and math.isfinite(losses["val_loss"])):
-                checkpoints.diverged("the eval loss", iter_num)
+            log.write(iter_num, losses, lr, elapsed_s)
+            checkpoints.check_losses(losses, iter_num)
             improved = losses["val_loss"] < best_val_loss
             best_val_loss = min(best_val_loss, losses["val_loss"])
             if (improved or settings["always_save_checkpoint"]) and iter_num > 0:
@@ -854,11 +871,9 @@ def main(argv: list) -> None:
         optimizer_step(model, optimizer, scaler, settings["grad_clip"])
         dt = time.time() - t0  # without a GPU sync: the launch time, up to the log's .item()
         elapsed_s += dt
-        log.count(tokens_per_iter, dt)
+        log.count(dt)
         if iter_num % settings["log_interval"] == 0 and master:  # the last micro-step's loss
-            lm_loss_value = log.print_step(iter_num, lm_loss, raw_model, settings["batch_size"]
-                                           * accumulation_steps, tokens_per_iter, dt)
-            if not math.isfinite(lm_loss_value):  # checked as printed: no wait for the GPU
+            if not math.isfinite(log.print_step(iter_num, lm_loss, dt)):  # no wait for the GPU
                 checkpoints.diverged("the train loss", iter_num)
         iter_num += 1
         stop = stop_signal(received, ddp, device, iter_num % settings["log_interval"] == 0)
