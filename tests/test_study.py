@@ -346,3 +346,26 @@ def test_upcycle_experiment_runs_resumes_and_tabulates(tmp_path, data_root, caps
     upcycle.main(["--step0", str(tmp_path / "runs" / "dense-s0")], S)
     out = capsys.readouterr().out
     assert out.startswith("dense: val loss") and out.count("relative distance") == 3
+
+
+# The README's "See MoT beat dense" configs and the study model each of them trains.
+TINY_RECIPE = "config/train_python_stdlib_tiny.py"
+TINY_OVERLAYS = {None: study.DENSE,
+                 "config/train_python_stdlib_tiny_mot.py": study.mot(**study.STUDY["regime_mot"]),
+                 "config/train_python_stdlib_tiny_moe.py": study.MOE}
+
+
+@pytest.mark.parametrize("overlay", list(TINY_OVERLAYS))
+def test_see_mot_beat_dense_trains_the_studys_seed_0_runs(overlay, monkeypatch):
+    """Each of the README's three commands trains its model's 10,000-step tiny run of the study at
+    seed 0, setting for setting (only out_dir differs), so that it reproduces the recorded losses."""
+    monkeypatch.chdir(ROOT)
+    settings, _ = train.configure([TINY_RECIPE] + ([overlay] if overlay else []))
+    run = study.make_run(study.STUDY, "regime_lr", TINY_OVERLAYS[overlay],
+                         settings["learning_rate"], 0, stdlib=True, size="tiny",
+                         steps=study.STUDY["regime_steps"])
+    expected, _ = train.configure(run["command"])
+    assert {k: v for k, v in settings.items() if k != "out_dir"} == {
+        k: v for k, v in expected.items() if k != "out_dir"}
+    assert settings["out_dir"] not in {train.configure([TINY_RECIPE] + ([o] if o else []))[0][
+        "out_dir"] for o in TINY_OVERLAYS if o != overlay}  # three runs, three directories

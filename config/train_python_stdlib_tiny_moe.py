@@ -1,0 +1,8 @@
+# FLOP-matched top-1 token-choice MoE on top of train_python_stdlib_tiny.py (give both files, this
+# one second): 8 experts of width 4*64, dropless, Switch load-balancing loss 0.01.
+out_dir = "out-python-stdlib-tiny-moe"
+ffn = "moe"
+n_experts = 8
+moe_top_k = 1
+learning_rate = 1e-3
+min_lr = 1e-4

@@ -1,0 +1,11 @@
+# FLOP-matched Mixture of Tokens on top of train_python_stdlib_tiny.py (give both files, this one
+# second): 64 experts of width 4*64*16/64 = 64, groups of 16 (a batch of 32 makes 2 groups), every
+# block MoT. 1.12M parameters, 8.6x dense's, for the same expert FLOPs per token.
+out_dir = "out-python-stdlib-tiny-mot"
+ffn = "mot"
+n_experts = 64
+group_size = 16
+controller_init_std = 0.125  # 1/sqrt(64), the default, written out as the study runs it
+temperature = 0.3  # the CPU study's best τ with this init (train_shakespeare_char_cpu_mot.py)
+learning_rate = 1e-3
+min_lr = 1e-4
