@@ -737,6 +737,8 @@ def optimizer_step(model, optimizer, scaler, grad_clip: float) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     scaler.step(optimizer)
     scaler.update()
+    # set_to_none frees the gradients between steps; reusing them was no faster on a MoT step
+    # (RESULTS.md, the training step)
     optimizer.zero_grad(set_to_none=True)
 
 
