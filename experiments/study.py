@@ -286,6 +286,9 @@ def execute(S: dict, run: dict) -> dict:
     launch(args)
     wall, cpu = time.time() - wall, cpu_seconds() - cpu
     log = read_log(os.path.join(ROOT, out_dir))
+    settings = settings_of(run["command"])
+    with open(os.path.join(settings["data_root"], settings["dataset"], "meta.json")) as f:
+        vocab_size = json.load(f)["vocab_size"]  # recorded: the tables' counts need it
     last = log[-1]
     if last["iter"] != run["max_iters"]:
         raise SystemExit(f"error: {out_dir}/log.jsonl ends at iter {last['iter']}, "
@@ -294,7 +297,7 @@ def execute(S: dict, run: dict) -> dict:
                 best_val_loss=min(r["val_loss"] for r in log), elapsed_s=last["elapsed_s"],
                 curve={key: [r[key] for r in log]
                        for key in ("iter", "train_loss", "val_loss", "elapsed_s")},
-                machine=machine(), commit=commit(),
+                vocab_size=vocab_size, machine=machine(), commit=commit(),
                 cpu_share=cpu / (wall * torch.get_num_threads()))
 
 
@@ -424,18 +427,18 @@ def curve_table(lines_by_model: dict, steps: list) -> str:
     return "\n".join(rows)
 
 
+def settings_of(command: list) -> dict:
+    """train.py's settings for a recorded command (its config paths relative to the root)."""
+    return train.configure([arg if arg.startswith("--") else os.path.join(ROOT, arg)
+                            for arg in command])[0]
+
+
 def built(line: dict):
-    """The untrained GPT of a recorded run, and its settings, from its command and the prepared
-    data's meta.json: for parameter, token and FLOP counts."""
-    settings, _ = train.configure([arg if arg.startswith("--") else os.path.join(ROOT, arg)
-                                   for arg in line["command"]])
-    meta = os.path.join(settings["data_root"], settings["dataset"], "meta.json")
-    if not os.path.exists(meta):
-        raise SystemExit(f"error: {meta} not found: run `python data/{settings['dataset']}/"
-                         f"prepare.py` (the counts of the tables need its vocabulary)")
-    with open(meta) as f:
-        vocab_size = json.load(f)["vocab_size"]
-    config = GPTConfig(**{key: settings[key] for key in train.MODEL_FIELDS}, vocab_size=vocab_size)
+    """The untrained GPT of a recorded run, and its settings, from its command and the vocabulary
+    size it trained with: for parameter, token and FLOP counts."""
+    settings = settings_of(line["command"])
+    config = GPTConfig(**{key: settings[key] for key in train.MODEL_FIELDS},
+                       vocab_size=line["vocab_size"])
     return GPT(config), settings
 
 
