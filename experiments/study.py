@@ -480,7 +480,7 @@ def regime_points(S: dict, results: dict) -> list:
 
 
 def regime_table(S: dict, results: dict) -> str:
-    rows = ["| model | steps | tokens per dense parameter | dense val | Δ MoT − dense "
+    rows = ["| size | steps | tokens per dense parameter | dense val | Δ MoT − dense "
             "| Δ MoE − dense | Δ MoE − MoT | MoT reaches dense's final at step | MoE reaches it at |",
             "|---|---|---|---|---|---|---|---|---|"]
     for size, steps, tokens_per_param, by_model in regime_points(S, results):
