@@ -1,6 +1,7 @@
 """
-The CPU study of issue 9 as one resumable command: MoT settings screened, learning rates tuned,
-seeded finals against dense and MoE, and a corpus that does not repeat.
+The CPU study as one resumable command: MoT settings screened, learning rates tuned, seeded
+finals against dense and MoE, a corpus that does not repeat, and the regime (tokens per parameter)
+in which MoT pays.
 
     python experiments/study.py                   # every run not done yet, stage by stage
     python experiments/study.py --stage final     # one stage (the stages before it must be done)
@@ -32,7 +33,15 @@ when they are done ("best" = lowest final val loss; seed 0 in the first two):
   python_stdlib  seeds 0 and 1 of dense, the best MoT and MoE top-1 E=8 on Python's standard
                  library (data/python_stdlib), 6,000 steps, each at its best lr and without
                  dropout: that data does not repeat, there is no overfitting to prevent.
-The last two stages go seed by seed (seed 0 of every model first): partial results stay balanced.
+  regime_lr      a tiny model (2 layers, 64 wide) on the Python corpus, 10,000 steps: dense, MoT
+                 E=64 G=16 τ 0.3 and MoE top-1 E=8 at lr {1e-3, 2e-3, 4e-3}.
+  regime_seeds   seeds 0, 1, 2 of the three at their best lr.
+  regime_knobs   the tiny MoT with one setting changed (E/G, G, τ, τ annealed, controller init,
+                 the first block dense, half and twice its lr), seed 0; then seeds 1 and 2 of every
+                 knob that closes at least half of the tiny MoT's gap to MoE.
+  regime_lengths the three tiny models at 2,500 and 40,000 steps, seeds 0 and 1.
+  regime_long    the recipe's model (4 layers, 128 wide) at 24,000 steps, seed 0.
+The final and python_stdlib stages go seed by seed (seed 0 of every model first): partial results stay balanced.
 """
 
 import argparse
