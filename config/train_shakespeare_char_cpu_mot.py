@@ -8,3 +8,5 @@ ffn = "mot"
 n_experts = 128
 group_size = 32
 temperature = 0.3
+# At this recipe's ~5 training tokens per parameter MoT trails dense (3 seeds: 1.6461 ± 0.0144
+# against 1.6349 ± 0.0072); train_python_stdlib_tiny_mot.py shows where it wins (README).
