@@ -528,6 +528,18 @@ def knob_table(S: dict, results: dict, lines: list) -> str:
                     f"| {change:+.4f} | {-change / (mean_mot - mean_moe):.0%} "
                     f"| {model.flops_per_token() / 1e6:.2f} | {model.get_num_params() / 1e6:.2f} M "
                     f"| {seconds([line])} |")
+    seeded_knobs = {}
+    for line in lines:
+        seeded_knobs.setdefault((line["model"], line["lr"]), []).append(line["final_val_loss"])
+    seeded_rows = [f"| {model} | {lr:g} | {len(losses)} | {mean_std(losses)} "
+                   f"| {delta(losses, seeded[mot_name])} | {delta(losses, seeded[MOE.name])} "
+                   f"| {(mean_mot - statistics.mean(losses)) / (mean_mot - mean_moe):.0%} |"
+                   for (model, lr), losses in seeded_knobs.items() if len(losses) >= 2]
+    if seeded_rows:
+        rows += ["", "The knobs with seeds (Δ: the knob's mean minus the other model's; bold as "
+                 "in the other tables):", "",
+                 "| model | lr | seeds | final val | Δ vs MoT | Δ vs MoE | gap closed |",
+                 "|---|---|---|---|---|---|---|"] + seeded_rows
     return "\n".join(rows)
 
 
