@@ -41,7 +41,8 @@ when they are done ("best" = lowest final val loss; seed 0 in the first two):
                  knob that closes at least half of the tiny MoT's gap to MoE.
   regime_lengths the three tiny models at 2,500 and 40,000 steps, seeds 0 and 1.
   regime_long    the recipe's model (4 layers, 128 wide) at 24,000 steps, seed 0.
-The final and python_stdlib stages go seed by seed (seed 0 of every model first): partial results stay balanced.
+The final and python_stdlib stages go seed by seed (seed 0 of every model first): partial results
+stay balanced.
 """
 
 import argparse
@@ -296,8 +297,7 @@ def execute(S: dict, run: dict) -> dict:
     wall, cpu = time.time() - wall, cpu_seconds() - cpu
     log = read_log(os.path.join(ROOT, out_dir))
     settings = settings_of(run["command"])
-    with open(os.path.join(settings["data_root"], settings["dataset"], "meta.json")) as f:
-        vocab_size = json.load(f)["vocab_size"]  # recorded: the tables' counts need it
+    _, meta = train.load_data(settings["data_root"], settings["dataset"], settings["block_size"])
     last = log[-1]
     if last["iter"] != run["max_iters"]:
         raise SystemExit(f"error: {out_dir}/log.jsonl ends at iter {last['iter']}, "
@@ -306,7 +306,8 @@ def execute(S: dict, run: dict) -> dict:
                 best_val_loss=min(r["val_loss"] for r in log), elapsed_s=last["elapsed_s"],
                 curve={key: [r[key] for r in log]
                        for key in ("iter", "train_loss", "val_loss", "elapsed_s")},
-                vocab_size=vocab_size, machine=machine(), commit=commit(),
+                vocab_size=meta["vocab_size"],  # recorded: the tables' counts need it
+                machine=machine(), commit=commit(),
                 cpu_share=cpu / (wall * torch.get_num_threads()))
 
 
@@ -521,19 +522,20 @@ def knob_table(S: dict, results: dict, lines: list) -> str:
             f"(means of {len(seeded[mot_name])} seeds); gap {mean_mot - mean_moe:+.4f}.", "",
             "| run | lr | final val | Δ vs MoT | gap closed | MFLOPs per token | parameters "
             "| seconds |", "|---|---|---|---|---|---|---|---|"]
-    for line in lines:
-        model, _ = built(line)
-        change = line["final_val_loss"] - mean_mot
-        rows.append(f"| {line['name']} | {line['lr']:g} | {line['final_val_loss']:.4f} "
-                    f"| {change:+.4f} | {-change / (mean_mot - mean_moe):.0%} "
-                    f"| {model.flops_per_token() / 1e6:.2f} | {model.get_num_params() / 1e6:.2f} M "
-                    f"| {seconds([line])} |")
+
+    def closed(loss: float) -> str:  # the share of MoT's gap to MoE that a loss removes
+        return f"{(mean_mot - loss) / (mean_mot - mean_moe):.0%}"
     seeded_knobs = {}
     for line in lines:
-        seeded_knobs.setdefault((line["model"], line["lr"]), []).append(line["final_val_loss"])
+        model, _ = built(line)
+        loss = line["final_val_loss"]
+        seeded_knobs.setdefault((line["model"], line["lr"]), []).append(loss)
+        rows.append(f"| {line['name']} | {line['lr']:g} | {loss:.4f} | {loss - mean_mot:+.4f} "
+                    f"| {closed(loss)} | {model.flops_per_token() / 1e6:.2f} "
+                    f"| {model.get_num_params() / 1e6:.2f} M | {seconds([line])} |")
     seeded_rows = [f"| {model} | {lr:g} | {len(losses)} | {mean_std(losses)} "
                    f"| {delta(losses, seeded[mot_name])} | {delta(losses, seeded[MOE.name])} "
-                   f"| {(mean_mot - statistics.mean(losses)) / (mean_mot - mean_moe):.0%} |"
+                   f"| {closed(statistics.mean(losses))} |"
                    for (model, lr), losses in seeded_knobs.items() if len(losses) >= 2]
     if seeded_rows:
         rows += ["", "The knobs with seeds (Δ: the knob's mean minus the other model's; bold as "
