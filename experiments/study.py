@@ -561,7 +561,8 @@ def tables(S: dict, results: dict, stages=STAGES, at=None) -> str:
             break
         lines_by_model = by_model(S, results, runs)
         lines = [line for lines in lines_by_model.values() for line in lines]
-        parts.append(f"{len(lines)} of {len(runs)} runs done, {runs[0]['max_iters']} steps each.")
+        lengths = " and ".join(str(n) for n in sorted({run["max_iters"] for run in runs}))
+        parts.append(f"{len(lines)} of {len(runs)} runs done, {lengths} steps each.")
         if stage == "screening":
             parts.append(runs_table(sorted(lines, key=lambda line: line["final_val_loss"])))
         elif stage in ("lr", "regime_lr"):
