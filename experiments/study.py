@@ -504,7 +504,7 @@ def regime_table(S: dict, results: dict) -> str:
         def cell(model, base="dense"):
             return delta(losses[model], losses[base]) if model and base else "—"
         rows.append(f"| {size} | {steps} | {tokens_per_param:.0f} "
-                    f"| {mean_std(losses['dense'])} ({len(dense)} seeds) | {cell(mot_model)} "
+                    f"| {mean_std(losses['dense'])} ({len(dense)} seed{'s' * (len(dense) > 1)}) | {cell(mot_model)} "
                     f"| {cell(moe_model)} | {cell(moe_model, mot_model)} "
                     f"| {reached(by_model[mot_model], target) if mot_model else '—'} "
                     f"| {reached(by_model[moe_model], target) if moe_model else '—'} |")
