@@ -684,6 +684,9 @@ def regime_plot(S: dict, results: dict, plt) -> None:
                             label=f"{label} ({'2×64' if size == 'tiny' else '4×128'} model)")
     ax.axhline(0.0, color="gray", linewidth=0.8)
     ax.set_xscale("log")
+    ticks = sorted({tokens_per_param for _, _, tokens_per_param, _ in points})
+    ax.set_xticks(ticks, [f"{tick:.0f}" for tick in ticks])  # the measured points, no 10^x clutter
+    ax.minorticks_off()
     ax.set_xlabel("training tokens per dense parameter")
     ax.set_ylabel("final val loss minus dense's (lower: better than dense)")
     ax.set_title("Python corpus, matched FLOPs: where sparse layers pay")
