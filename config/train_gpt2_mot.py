@@ -16,5 +16,5 @@ grad_clip = 0.5
 # start almost uniform, which cost 0.10 at the study's scale. The dense first half is the paper's
 # recipe, kept here untested; in the 4-layer study it cost 0.04.
 temperature = 0.3
-# 600,000 steps of ~0.5M tokens are ~2,400 tokens per dense parameter: far beyond the CPU study's
-# 160, where MoT already led dense by 0.053; that it leads here is an extrapolation.
+# 600,000 steps of ~0.5M tokens are ~2,400 tokens per dense parameter: beyond the CPU study's
+# longest, 645, where MoT led dense by 0.070 (0.053 at 160); that it leads here is an extrapolation.

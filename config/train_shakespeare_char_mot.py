@@ -14,4 +14,4 @@ group_size = 32
 temperature = 0.3
 # Expect MoT to trail dense here: 5,000 steps of 64x256 characters are ~8 tokens per dense
 # parameter (and ~80 passes over TinyShakespeare); in the CPU study MoT lost at 5 and 15 tokens per
-# parameter and won at 160 (README, "Where MoT pays").
+# parameter and won at 40, 160 and 645 (README, "Where MoT pays").
