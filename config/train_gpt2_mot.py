@@ -17,4 +17,4 @@ grad_clip = 0.5
 # recipe, kept here untested; in the 4-layer study it cost 0.04.
 temperature = 0.3
 # 600,000 steps of ~0.5M tokens are ~2,400 tokens per dense parameter: beyond the CPU study's
-# longest, 645, where MoT led dense by 0.070 (0.053 at 160); that it leads here is an extrapolation.
+# longest, 645, where MoT led dense by 0.070 (0.053 at 160); that it leads here is extrapolated.
