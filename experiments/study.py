@@ -41,6 +41,11 @@ when they are done ("best" = lowest final val loss; seed 0 in the first two):
                  knob that closes at least half of the tiny MoT's gap to MoE.
   regime_lengths the three tiny models at 2,500 and 40,000 steps, seeds 0 and 1.
   regime_long    the recipe's model (4 layers, 128 wide) at 24,000 steps, seed 0.
+  regime_baselines  the paper's baselines against the tiny model's 10,000 steps, each at its best
+                 lr of {1e-3, 2e-3, 4e-3} (seed 0), then seeds 1 and 2 at it: token choice top-1
+                 E=8 with capacity factor 1.25 (tokens dropped: not causal), expert choice E=8
+                 (not causal), fine-grained dropless token choice E=32 top-4 and E=64 top-8, and
+                 MoT E=256 G=16 (16 mixtures per expert).
 The final and python_stdlib stages go seed by seed (seed 0 of every model first): partial results
 stay balanced.
 """
@@ -94,6 +99,10 @@ STUDY = dict(
     regime_lr_factors=[0.5, 2.0],  # the MoT knob runs at these multiples of its best lr too
     regime_lengths=[2500, 40000], regime_length_seeds=[0, 1],  # the tiny model, other lengths
     regime_long_steps=24000,  # the CPU recipe's model, one seed
+    # the paper's baselines, as settings on top of the tiny MoE (the four MoE) and MoT (the last)
+    regime_baselines=[dict(capacity_factor=1.25), dict(moe_routing="expert_choice"),
+                      dict(n_experts=32, moe_top_k=4), dict(n_experts=64, moe_top_k=8)],
+    regime_baseline_mot=dict(n_experts=256),
     regime_evals=25,  # evaluations in a regime run: eval_interval = max_iters / regime_evals
     results="results/cpu_study.jsonl", runs_dir="out-study",
     plots=dict(final="assets/cpu_study.png", python_stdlib="assets/python_stdlib_study.png"),
@@ -101,16 +110,39 @@ STUDY = dict(
     docs=["README.md", "RESULTS.md"],  # the documents whose tables --docs rewrites
 )
 STAGES = ("screening", "lr", "final", "python_stdlib", "regime_lr", "regime_seeds",
-          "regime_knobs", "regime_lengths", "regime_long")
+          "regime_knobs", "regime_lengths", "regime_long", "regime_baselines")
 
 # A model: a name, the config file put on top of the recipe's (None for dense), and train.py
 # settings. Every setting the study varies is given explicitly, so that later edits of the
 # config files do not change what a recorded command trains.
 Model = namedtuple("Model", "name overlay flags")
 DENSE = Model("dense", None, dict(dropout=0.0))
-MOE = Model("moe-top1-e8", CPU_MOE, dict(dropout=0.0))
-MOE_EC = Model("moe-ec-e8", CPU_MOE, dict(moe_routing="expert_choice", dropout=0.0))
-LABELS = {"moe-ec-e8": "moe-ec-e8 (not causal)"}
+
+
+def moe(n_experts=8, moe_top_k=1, moe_routing="token_choice", capacity_factor=None):
+    """The MoE on top of CPU_MOE: token choice dropless unless a capacity factor is given."""
+    expert_choice = moe_routing == "expert_choice"
+    name = f"moe-ec-e{n_experts}" if expert_choice else f"moe-top{moe_top_k}-e{n_experts}"
+    name += f"-cf{capacity_factor:g}" if capacity_factor else ""
+    # only the settings that differ from CPU_MOE's: the commands recorded before these existed
+    flags = dict(n_experts=n_experts, moe_top_k=moe_top_k, moe_routing=moe_routing,
+                 capacity_factor=capacity_factor)
+    defaults = dict(n_experts=8, moe_top_k=1, moe_routing="token_choice", capacity_factor=None)
+    return Model(name, CPU_MOE, {**{key: value for key, value in flags.items()
+                                    if value != defaults[key]}, "dropout": 0.0})
+
+
+MOE = moe()
+MOE_EC = moe(moe_routing="expert_choice")
+
+
+def causal(model_name: str) -> bool:
+    """Expert choice and a capacity make a token's output depend on later positions."""
+    return not ("-ec-" in model_name or "-cf" in model_name)
+
+
+def label(model_name: str) -> str:
+    return model_name + ("" if causal(model_name) else " (not causal)")
 
 
 def mot(n_experts, group_size, controller_init_std, temperature, dropout=0.0, n_dense_layers=0,
@@ -251,8 +283,17 @@ def plan_regime(S: dict, results: dict, stage: str, stdlib_models: list) -> list
     if stage == "regime_lengths":
         return [run(stage, model, lr, seed, steps) for steps in S["regime_lengths"]
                 for seed in S["regime_length_seeds"] for model, lr in best]
-    return [run(stage, model, lr, 0, S["regime_long_steps"], size=None)  # regime_long
-            for model, lr in stdlib_models]
+    if stage == "regime_long":
+        return [run(stage, model, lr, 0, S["regime_long_steps"], size=None)
+                for model, lr in stdlib_models]
+    baselines = ([moe(**flags) for flags in S["regime_baselines"]]  # regime_baselines
+                 + [mot(**{**S["regime_mot"], **S["regime_baseline_mot"]})])
+    runs = [run(stage, model, lr, 0) for model in baselines for lr in S["regime_lrs"]]
+    if not all(result(S, results, r) for r in runs):
+        return runs  # the seeds come when every baseline has its best lr
+    best = [(model, min(S["regime_lrs"], key=lambda lr: loss(model, lr))) for model in baselines]
+    return runs + [run(stage, model, lr, seed) for seed in S["regime_seeds"][1:]
+                   for model, lr in best]
 
 
 def machine() -> dict:
@@ -412,7 +453,7 @@ def seeds_table(lines_by_model: dict) -> str:
         deltas = ([delta(values(key), [line[key] for line in dense])
                    for key in ("final_val_loss", "final_train_loss")]
                   if dense and model != "dense" else ["—", "—"])
-        rows.append(f"| {LABELS.get(model, model)} | {lines[0]['lr']:g} | {len(lines)} "
+        rows.append(f"| {label(model)} | {lines[0]['lr']:g} | {len(lines)} "
                     f"| {mean_std(values('final_val_loss'))} "
                     f"| {mean_std(values('final_train_loss'))} "
                     f"| {mean_std(values('best_val_loss'))} | {reach} "
@@ -433,7 +474,7 @@ def curve_table(lines_by_model: dict, steps: list) -> str:
                       if i == step]
             cells.append(f"{statistics.mean(losses):.3f} [{min(losses):.3f}–{max(losses):.3f}]"
                          if losses else "—")  # a step this stage did not evaluate
-        rows.append(f"| {LABELS.get(model, model)} | " + " | ".join(cells) + " |")
+        rows.append(f"| {label(model)} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
@@ -637,7 +678,7 @@ def plot(S: dict, results: dict) -> None:
                 steps = lines[0]["curve"]["iter"]
                 per_step = list(zip(*(line["curve"][key] for line in lines)))  # seeds at a step
                 mean = [statistics.mean(seeds) for seeds in per_step]
-                drawn, = ax.plot(steps, mean, label=f"{LABELS.get(model, model)} "
+                drawn, = ax.plot(steps, mean, label=f"{label(model)} "
                                                     f"({len(lines)} seeds)")
                 ax.fill_between(steps, [min(s) for s in per_step], [max(s) for s in per_step],
                                 color=drawn.get_color(), alpha=0.2, linewidth=0)
@@ -664,7 +705,7 @@ def regime_plot(S: dict, results: dict, plt) -> None:
         print(f"{S['regime_plot']} not written: no regime run is done yet")
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for prefix, label in (("mot", "MoT − dense"), ("moe", "MoE top-1 − dense")):
+    for prefix, text in (("mot", "MoT − dense"), ("moe", "MoE top-1 − dense")):
         for size, marker in (("tiny", "o"), ("recipe", "s")):
             xs, ys, low, high = [], [], [], []
             for point_size, _, tokens_per_param, by_model in points:
@@ -681,7 +722,7 @@ def regime_plot(S: dict, results: dict, plt) -> None:
                 ax.errorbar(xs, ys, yerr=[low, high], marker=marker, capsize=3,
                             color="C0" if prefix == "mot" else "C1",
                             linestyle="-" if size == "tiny" else ":",
-                            label=f"{label} ({'2×64' if size == 'tiny' else '4×128'} model)")
+                            label=f"{text} ({'2×64' if size == 'tiny' else '4×128'} model)")
     ax.axhline(0.0, color="gray", linewidth=0.8)
     ax.set_xscale("log")
     ticks = sorted({tokens_per_param for _, _, tokens_per_param, _ in points})
