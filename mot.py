@@ -5,8 +5,8 @@ Antoniak et al., arXiv 2310.15961.
 
 Read top to bottom: config, attention, the FFNs (dense, MoT and its emit-softmax variant, MoE)
 and their registry FFNS, block, GPT. MixtureOfTokens's docstring states what MoT computes, in the
-five steps of the README's "What Mixture of Tokens computes"; the kernel behind MoE's fast path
-comes after the FFNs, in a section of its own.
+five steps of the README's "What Mixture of Tokens computes"; the grouped matmul behind MoE's
+experts is in kernels.py.
 """
 
 import math
@@ -17,6 +17,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from kernels import grouped_mm
 
 INIT_STD = 0.02  # GPT-2's init: N(0, 0.02) for every weight matrix
 
@@ -467,62 +469,6 @@ class MixtureOfExperts(nn.Module):
         return 0
 
 
-# ------------------------------------------------------------------ MoE's dispatch kernel
-# MixtureOfExperts.forward's fast path; a reader of the model can skip this section.
-# A token-choice MoE gives each expert a different number of tokens. Sorted by expert, the tokens
-# of expert e are rows offsets[e-1]:offsets[e], and torch's grouped_mm multiplies each such run of
-# rows by its expert's matrix in one call. It is wrapped in a custom op because torch.compile on a
-# CPU traces grouped_mm in bfloat16 only; for a custom op the compiler needs just the output's
-# shape (register_fake) and the backward (register_autograd), both given here.
-@torch.library.custom_op("mot::grouped_mm", mutates_args=())
-def _grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    return F.grouped_mm(a, b, offs=offsets)
-
-
-@_grouped_mm.register_fake
-def _(a, b, offsets):
-    if b.dim() == 3:  # (M, K) x (G, K, N) -> (M, N): the forward
-        return a.new_empty(a.shape[0], b.shape[2])
-    return a.new_empty(offsets.shape[0], a.shape[0], b.shape[1])  # (K, M) x (M, N): b's gradient
-
-
-def _grouped_mm_backward(ctx, grad):
-    a, b, offsets = ctx.saved_tensors
-    grad = grad.contiguous()  # grouped_mm rejects the stride-0 gradient of a sum
-    return _grouped_mm(grad, b.transpose(1, 2), offsets), _grouped_mm(a.t(), grad, offsets), None
-
-
-_grouped_mm.register_autograd(_grouped_mm_backward,
-                              setup_context=lambda ctx, inputs, output:
-                              ctx.save_for_backward(*inputs))
-
-
-def runs_grouped_mm(device: torch.device, dtype: torch.dtype, k: int, n: int) -> bool:
-    """Whether torch's grouped_mm takes (M, k) x (G, k, n) inputs of this device and dtype: on
-    CUDA only bfloat16 on compute capability 8.0 or newer (its documented limit); on a CPU
-    float32, bfloat16 and float16; on both only rows of 16-byte multiples."""
-    align = 16 // dtype.itemsize
-    if k % align or n % align:
-        return False
-    if device.type == "cuda":
-        return dtype == torch.bfloat16 and torch.cuda.get_device_capability(device) >= (8, 0)
-    return device.type == "cpu" and dtype in (torch.float32, torch.bfloat16, torch.float16)
-
-
-def grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """Row r of a (M, K), rows sorted by group, times b[its group] (G, K, N) -> (M, N); offsets
-    (G,) int32: where each group's rows end."""
-    if torch.is_autocast_enabled(a.device.type):  # autocast does not know grouped_mm: cast here
-        dtype = torch.get_autocast_dtype(a.device.type)
-        a, b = a.to(dtype), b.to(dtype)
-    if runs_grouped_mm(a.device, a.dtype, a.shape[1], b.shape[2]):
-        return _grouped_mm(a, b, offsets)
-    # the same product elsewhere (float64, other devices and widths): a (K, N) matrix per row
-    group = torch.searchsorted(offsets, torch.arange(a.shape[0], device=a.device,
-                                                      dtype=offsets.dtype), right=True)
-    return torch.bmm(a.unsqueeze(1), b[group]).squeeze(1)
-
-
 FFNS = {"dense": MLP, "mot": MixtureOfTokens, "moe": MixtureOfExperts,
         "mot_emit_softmax": MixtureOfTokensEmitSoftmax}
 
@@ -709,8 +655,8 @@ class GPT(nn.Module):
         mixing = sum(b.ffn.mixing_macs_per_token() for b in self.transformer.h)
         return 6 * (self.get_num_active_params() + mixing) + 12 * cfg.n_layer * cfg.n_embd * T
 
-    def estimate_mfu(self, fwdbwd_per_iter: int, dt: float, peak_flops: float = 312e12) -> float:
-        """Model FLOPs utilisation against `peak_flops` (default: A100 bf16)."""
+    def estimate_mfu(self, fwdbwd_per_iter: int, dt: float, peak_flops: float) -> float:
+        """Model FLOPs utilisation against `peak_flops` (kernels.peak_flops: the GPU's)."""
         flops = self.flops_per_token() * self.config.block_size * fwdbwd_per_iter
         return flops / dt / peak_flops
 

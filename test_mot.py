@@ -1,7 +1,7 @@
 """Tests of mot.py: the properties that define Mixture of Tokens (causality, grouping, continuity),
-checked with hypothesis over random configurations, and the layers against slow loops that follow
-the README's steps 1-5 literally. Tiny models, float64 where exactness matters:
-`python -m pytest -q test_mot.py`."""
+checked with hypothesis over random configurations, and the layers against the slow loops of
+reference.py, which follow the README's steps 1-5 literally. Tiny models, float64 where exactness
+matters: `python -m pytest -q test_mot.py`."""
 
 import inspect
 import math
@@ -13,9 +13,11 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch.func import functional_call
 
+import kernels
 import mot
 from mot import (FFNS, GPT, MLP, GPTConfig, MixtureOfExperts, MixtureOfTokens,
                  MixtureOfTokensEmitSoftmax)
+from reference import expert, loop_expert_choice, loop_moe, loop_mot
 
 DT = torch.float64
 # MoT's τ is stored as a float32 log (exp(log τ) ≠ τ in the last bits): compare with some slack.
@@ -96,17 +98,6 @@ def change_after(model: GPT, idx: torch.Tensor, rows, t: int, seed=0) -> torch.T
     return changed
 
 
-def expert(layer, e: int, v: torch.Tensor) -> torch.Tensor:
-    """Expert e of a MoT/MoE layer applied to v (..., C): w2[e]·relu(w1[e]·v) (step 4)."""
-    return F.relu(v @ layer.w1[e]) @ layer.w2[e]
-
-
-def softmax_list(values) -> list:
-    m = max(values)
-    exps = [math.exp(v - m) for v in values]
-    return [v / sum(exps) for v in exps]
-
-
 def perturbed(layer, x, deltas: dict, eps: float) -> torch.Tensor:
     """The layer's output on x with each named parameter p moved to p + eps * deltas[name]."""
     params = {name: getattr(layer, name) + eps * d for name, d in deltas.items()}
@@ -131,70 +122,6 @@ def scalar(t: torch.Tensor) -> float:
 
 def nonzero(t: torch.Tensor) -> bool:
     return bool(t.abs().sum() > 0)
-
-
-# ----------------------------------------------------------------------------- slow references
-
-
-@torch.no_grad()
-def loop_mot(layer, x, tau=1.0, discrete=False):
-    """Steps 1-5 literally, one (group, position, expert) at a time.
-    Returns (out, merge weights (B, T, E))."""
-    B, T, _ = x.shape
-    G, E = layer.group_size, layer.w1.shape[0]
-    out, weights = torch.zeros_like(x), torch.zeros(B, T, E, dtype=x.dtype)
-    for g in range(B // G):
-        rows = range(g * G, (g + 1) * G)  # 1. group g: examples g·G … g·G+G−1
-        for t in range(T):
-            for e in range(E):
-                logits = [float(x[b, t] @ layer.controller[:, e]) for b in rows]  # 2.
-                if discrete:  # each expert takes the top token of its group, weight 1
-                    w = [float(i == logits.index(max(logits))) for i in range(G)]
-                else:
-                    w = softmax_list([v / tau for v in logits])  # softmax over the G tokens
-                merged = sum(w_i * x[b, t] for w_i, b in zip(w, rows))  # 3.
-                y = expert(layer, e, merged)  # 4.
-                for w_i, b in zip(w, rows):
-                    out[b, t] += w_i * y  # 5. emit with the same weights
-                    weights[b, t, e] = w_i
-    return out, weights
-
-
-@torch.no_grad()
-def router_probs(layer, x) -> list:
-    """Per token (flattened B·T order), the router probabilities softmax_e(x·W_r)."""
-    xf = x.reshape(-1, x.shape[-1])
-    return [softmax_list([float(v) for v in xf[n] @ layer.router]) for n in range(len(xf))]
-
-
-@torch.no_grad()
-def loop_moe(layer, x, capacity=None):
-    """Token choice one token at a time: assignments served in priority order (every token's 1st
-    choice in token order, then every 2nd choice, ...); an expert takes at most `capacity` of
-    them. Returns (out, number of kept assignments)."""
-    xf, probs = x.reshape(-1, x.shape[-1]), router_probs(layer, x)
-    E, k = layer.w1.shape[0], layer.top_k
-    choices = [sorted(range(E), key=lambda e: -p[e])[:k] for p in probs]
-    out, load, kept = torch.zeros_like(xf), [0] * E, 0
-    for j in range(k):
-        for n, p in enumerate(probs):
-            e = choices[n][j]
-            if capacity is None or load[e] < capacity:
-                load[e] += 1
-                kept += 1
-                out[n] += p[e] * expert(layer, e, xf[n])
-    return out.view_as(x), kept
-
-
-@torch.no_grad()
-def loop_expert_choice(layer, x, capacity):
-    """Expert choice: each expert takes the `capacity` tokens of the batch with the highest p_e."""
-    xf, probs = x.reshape(-1, x.shape[-1]), router_probs(layer, x)
-    out = torch.zeros_like(xf)
-    for e in range(layer.w1.shape[0]):
-        for n in sorted(range(len(probs)), key=lambda n: -probs[n][e])[:capacity]:
-            out[n] += probs[n][e] * expert(layer, e, xf[n])
-    return out.view_as(x)
 
 
 # ----------------------------------------------------------------------------- random setups
@@ -667,13 +594,13 @@ def test_moe_token_choice_matches_loop_reference(top_k):
 @pytest.mark.parametrize("top_k, capacity_factor", [(1, None), (2, None), (2, 0.5)])
 def test_moe_grouped_matmul_in_float32_matches_the_loop_reference(top_k, capacity_factor):
     """In float32 with widths that are multiples of 4, the experts run in torch's grouped_mm
-    (float64 takes a gather-and-bmm path): the same outputs and gradients as the loop."""
+    (float64 takes a loop over the experts): the same outputs and gradients as the loop."""
     layer = make_layer(ffn="moe", n_experts=4, moe_top_k=top_k, capacity_factor=capacity_factor,
                        expert_size=16).float()
     x = randn(4, 8, 8, seed=2).float().requires_grad_()
     capacity = None if capacity_factor is None else math.ceil(capacity_factor * 32 * top_k / 4)
     reference = make_layer(ffn="moe", n_experts=4, moe_top_k=top_k, expert_size=16,
-                           capacity_factor=capacity_factor)  # float64: the gather-and-bmm path
+                           capacity_factor=capacity_factor)  # float64: the expert loop
     copy_weights(layer, reference)
     expected, _ = loop_moe(reference, x.detach().double(), capacity)
     out = layer(x)
@@ -685,19 +612,80 @@ def test_moe_grouped_matmul_in_float32_matches_the_loop_reference(top_k, capacit
                                    atol=1e-6)
 
 
-@pytest.mark.parametrize("device, dtype, capability, expected", [
-    ("cuda", torch.bfloat16, (8, 0), True), ("cuda", torch.bfloat16, (9, 0), True),
-    ("cuda", torch.bfloat16, (7, 5), False), ("cuda", torch.float16, (8, 0), False),
-    ("cuda", torch.float32, (9, 0), False), ("cpu", torch.float32, None, True),
-    ("cpu", torch.bfloat16, None, True), ("cpu", torch.float16, None, True),
-    ("cpu", torch.float64, None, False), ("mps", torch.float32, None, False)])
-def test_moe_runs_grouped_mm_only_where_torch_supports_it(monkeypatch, device, dtype,
-                                                          capability, expected):
-    """grouped_mm on CUDA only in bfloat16 on compute capability >= 8.0 (faked here), on a CPU in
-    float32, bfloat16 and float16; the gather path everywhere else and for unaligned widths."""
+@pytest.mark.parametrize("device, dtype, capability, grouped, syncs", [
+    ("cuda", torch.bfloat16, (9, 0), True, False), ("cuda", torch.bfloat16, (10, 0), True, False),
+    ("cuda", torch.bfloat16, (8, 0), True, True), ("cuda", torch.bfloat16, (8, 9), True, True),
+    ("cuda", torch.bfloat16, (12, 0), True, True), ("cuda", torch.float16, (7, 5), True, True),
+    ("cuda", torch.float16, (9, 0), True, True), ("cuda", torch.float32, (7, 0), True, True),
+    ("cuda", torch.float64, (9, 0), False, True), ("cpu", torch.float32, None, True, False),
+    ("cpu", torch.bfloat16, None, True, False), ("cpu", torch.float16, None, True, False),
+    ("cpu", torch.float64, None, False, False), ("mps", torch.float32, None, False, False)])
+def test_moe_runs_grouped_mm_where_torch_takes_it_and_knows_where_it_syncs(
+        monkeypatch, device, dtype, capability, grouped, syncs):
+    """torch's grouped_mm takes 16-bit and float32 rows of 16-byte multiples on a CPU and on
+    CUDA of any capability (faked here); on CUDA only bfloat16 on 9.x and 10.x runs without
+    reading the offsets on the host. Unaligned widths and other dtypes or devices: the loop."""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    assert mot.runs_grouped_mm(torch.device(device), dtype, 64, 32) == expected
-    assert not mot.runs_grouped_mm(torch.device(device), dtype, 64, 6)  # rows of 12 or 24 bytes
+    assert kernels.runs_grouped_mm(torch.device(device), dtype, 64, 32) == grouped
+    assert kernels.grouped_mm_syncs(torch.device(device), dtype, 64, 32) == syncs
+    assert not kernels.runs_grouped_mm(torch.device(device), dtype, 64, 6)  # rows of 12/24 bytes
+    assert kernels.grouped_mm_syncs(torch.device(device), dtype, 64, 6) == (device == "cuda")
+
+
+def gathered_mm(a, b, offsets):
+    """The grouped product the slow, obvious way: each row times its own copy of its group's
+    matrix (a (K, N) matrix per row: what the fallback must never do)."""
+    group = torch.searchsorted(offsets, torch.arange(a.shape[0]), right=True)
+    return torch.bmm(a.unsqueeze(1), b[group]).squeeze(1)
+
+
+@pytest.mark.parametrize("dtype, k, n", [(torch.float64, 8, 16), (torch.float32, 6, 10),
+                                         (torch.float32, 8, 16)])
+@pytest.mark.parametrize("rows", [(3, 0, 5, 1), (0, 0, 4, 0)])  # rows per group, empty ones too
+def test_grouped_mm_equals_the_gathered_product_with_its_gradients(dtype, k, n, rows):
+    """Whichever path grouped_mm takes (the loop for float64 or unaligned widths, torch's
+    grouped_mm otherwise), its output and the gradients of both operands are the gather's."""
+    offsets = torch.tensor(rows).cumsum(0).to(torch.int32)
+    a = torch.randn(sum(rows), k, generator=generator(0), dtype=dtype).requires_grad_()
+    b = torch.randn(len(rows), k, n, generator=generator(1), dtype=dtype).requires_grad_()
+    weights = torch.randn(sum(rows), n, generator=generator(2), dtype=dtype)
+    results = []
+    for product in (kernels.grouped_mm, gathered_mm):
+        out = product(a, b, offsets)
+        results.append((out, *torch.autograd.grad((out * weights).sum(), (a, b))))
+    tolerance = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else {}
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, **tolerance)
+
+
+def saved_bytes(step) -> int:
+    """The bytes of the tensors autograd saves for the backward pass while step() runs (views of
+    one storage count once): the activation memory of a forward."""
+    saved = {}
+
+    def pack(t: torch.Tensor):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("dtype, n_embd", [(torch.float64, 64), (torch.float32, 66)])
+def test_moe_off_torchs_grouped_mm_stays_linear_in_memory(dtype, n_embd):
+    """16,384 tokens through a top-1 MoE of 8 experts of width 256: off torch's grouped_mm
+    (float64, or rows of 66 floats) the layer keeps no more for its backward than on it, per
+    byte of width; a (C, H) matrix per token would be 1 GiB in float32."""
+    def layer_bytes(dtype, n_embd):
+        torch.manual_seed(0)
+        layer = MixtureOfExperts(n_embd, n_experts=8, expert_size=256).to(dtype)
+        x = torch.randn(64, 256, n_embd, dtype=dtype)
+        return saved_bytes(lambda: layer(x).sum())
+
+    grouped = layer_bytes(torch.float32, 64)
+    assert kernels.runs_grouped_mm(torch.device("cpu"), torch.float32, 64, 256)
+    assert not kernels.runs_grouped_mm(torch.device("cpu"), dtype, n_embd, 256)
+    assert layer_bytes(dtype, n_embd) <= 1.1 * grouped * dtype.itemsize / 4 * n_embd / 64
 
 
 def test_a_training_forward_reads_nothing_back_to_the_host(monkeypatch):
@@ -709,8 +697,8 @@ def test_a_training_forward_reads_nothing_back_to_the_host(monkeypatch):
         original = getattr(torch.Tensor, method)
         monkeypatch.setattr(torch.Tensor, method,
                             lambda self, *a, _o=original, _m=method: reads.append(_m) or _o(self, *a))
-    for kind in FFNS:
-        model = make_gpt(ffn=kind, n_experts=4, group_size=2, moe_top_k=2)
+    for kind in FFNS:  # float32: MoE's experts in torch's grouped_mm (float64 reads its offsets)
+        model = make_gpt(ffn=kind, n_experts=4, group_size=2, moe_top_k=2).float()
         idx = random_tokens(model, 4, 8)
         _, loss = model(idx, idx)
         (loss + model.aux_loss).backward()

@@ -1,0 +1,117 @@
+"""
+What runs fast where, for mot.py and the scripts; a reader of the model can skip this file.
+
+- grouped_mm(a, b, offsets): MoE's expert products. A token-choice MoE gives each expert a
+  different number of tokens; sorted by expert, the tokens of expert e are rows
+  offsets[e-1]:offsets[e], and one call multiplies each run of rows by its expert's matrix.
+- native_dtype(device): the dtype a device trains in without emulation.
+- peak_flops(device, dtype): the peak of the GPU present, for the MFU (None: not known).
+
+Where torch's grouped_mm runs (read in PyTorch's source, aten/src/ATen/native/cuda/GroupedBlas.cpp
+and GroupedMMUtils.h; its docs say only "bfloat16 on SM >= 80"): on a CPU and on CUDA it takes
+float32, bfloat16 and float16 whose rows are 16-byte multiples. On CUDA its fast kernel is for
+bfloat16 on compute capability 9.x and 10.x (H100, H200, B200); everywhere else it loops over the
+groups with the offsets copied to the host, a wait for the GPU in every call (grouped_mm_syncs).
+Both are linear in memory. Elsewhere (float64, other widths or devices) grouped_mm below loops
+over the experts' row ranges itself, also linear in memory.
+"""
+
+import re
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+# torch.compile on a CPU traces torch's grouped_mm in bfloat16 only; as a custom op the compiler
+# needs just the output's shape (register_fake) and the backward (register_autograd), given here.
+@torch.library.custom_op("mot::grouped_mm", mutates_args=())
+def _grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    return F.grouped_mm(a, b, offs=offsets)
+
+
+@_grouped_mm.register_fake
+def _(a, b, offsets):
+    if b.dim() == 3:  # (M, K) x (G, K, N) -> (M, N): the forward
+        return a.new_empty(a.shape[0], b.shape[2])
+    return a.new_empty(offsets.shape[0], a.shape[0], b.shape[1])  # (K, M) x (M, N): b's gradient
+
+
+def _grouped_mm_backward(ctx, grad):
+    a, b, offsets = ctx.saved_tensors
+    grad = grad.contiguous()  # grouped_mm rejects the stride-0 gradient of a sum
+    return _grouped_mm(grad, b.transpose(1, 2), offsets), _grouped_mm(a.t(), grad, offsets), None
+
+
+_grouped_mm.register_autograd(_grouped_mm_backward,
+                              setup_context=lambda ctx, inputs, output:
+                              ctx.save_for_backward(*inputs))
+
+
+def runs_grouped_mm(device: torch.device, dtype: torch.dtype, k: int, n: int) -> bool:
+    """Whether torch's grouped_mm takes (M, k) x (G, k, n) inputs of this device and dtype: on a
+    CPU or CUDA, float32, bfloat16 or float16, rows of 16-byte multiples."""
+    align = 16 // dtype.itemsize
+    return (device.type in ("cpu", "cuda") and dtype in GROUPED_MM_DTYPES
+            and k % align == 0 and n % align == 0)
+
+
+def grouped_mm_syncs(device: torch.device, dtype: torch.dtype, k: int, n: int) -> bool:
+    """Whether grouped_mm waits for the GPU (reads the offsets on the host): everywhere on CUDA
+    but torch's fast kernel, bfloat16 on compute capability 9.x or 10.x."""
+    if device.type != "cuda":
+        return False
+    fast = (runs_grouped_mm(device, dtype, k, n) and dtype == torch.bfloat16
+            and torch.cuda.get_device_capability(device)[0] in (9, 10))
+    return not fast
+
+
+def grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Row r of a (M, K), rows sorted by group, times b[its group] (G, K, N) -> (M, N); offsets
+    (G,) int32: where each group's rows end (the last is M)."""
+    if torch.is_autocast_enabled(a.device.type):  # autocast does not know grouped_mm: cast here
+        dtype = torch.get_autocast_dtype(a.device.type)
+        a, b = a.to(dtype), b.to(dtype)
+    if runs_grouped_mm(a.device, a.dtype, a.shape[1], b.shape[2]):
+        return _grouped_mm(a, b, offsets)
+    # the same product as a loop over the groups' row ranges: never a (K, N) matrix per row
+    ends = offsets.tolist()
+    return torch.cat([a[start:end] @ b[g]
+                      for g, (start, end) in enumerate(zip([0] + ends[:-1], ends))])
+
+
+def bf16_is_native(device: torch.device) -> bool:
+    """Whether the GPU computes in bfloat16 natively (compute capability 8.0 or newer: A100, A10,
+    L4, RTX 30xx/40xx, H100). Older GPUs (T4, V100) emulate it slowly, and torch.compile fails on
+    it there; torch.cuda.is_bf16_supported() counts that emulation as support."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def native_dtype(device) -> str:
+    """The dtype to train and sample in on `device` (a torch.device or a string such as
+    "cuda:1"): bfloat16 where the GPU runs it natively, else float16 (with a GradScaler in
+    training), and float32 off CUDA (a CPU emulates both 16-bit types slowly)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "float32"
+    return "bfloat16" if bf16_is_native(device) else "float16"
+
+
+# Dense 16-bit tensor-core peaks (no sparsity) from NVIDIA's data sheets, by a pattern of
+# torch.cuda.get_device_name; the first that matches counts.
+GPU_PEAK_TFLOPS = [(r"H200", 989), (r"H100 PCIe", 756), (r"H100", 989), (r"A100", 312),
+                   (r"\bA10\b", 125), (r"\bL4\b", 121), (r"4090", 165), (r"V100-PCIE", 112),
+                   (r"V100", 125), (r"\bT4\b", 65)]
+
+
+def peak_flops(device, dtype: str) -> Optional[float]:
+    """The GPU's peak FLOPS in 16-bit dtypes, for the MFU; None for float32, a CPU, or a GPU not
+    in GPU_PEAK_TFLOPS (no MFU is better than a wrong one)."""
+    device = torch.device(device)
+    if device.type != "cuda" or dtype not in ("bfloat16", "float16"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tflops * 1e12 for pattern, tflops in GPU_PEAK_TFLOPS
+                 if re.search(pattern, name)), None)
