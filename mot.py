@@ -255,6 +255,11 @@ class MixtureOfTokens(nn.Module):
         self.controller_init_std = controller_init_std or C ** -0.5
         self.merge_weights: Optional[torch.Tensor] = None  # (B, T, E), last eval-mode forward
         self.reset_parameters()
+        # An argmax passes no gradient: with discrete routing only the experts train, and the
+        # controller and τ are frozen, so that DDP does not wait for gradients that never come.
+        if self.discrete:
+            self.controller.requires_grad_(False)
+            self.log_temperature.requires_grad_(False)
 
     @classmethod
     def from_config(cls, config: GPTConfig) -> "MixtureOfTokens":

@@ -16,6 +16,7 @@ checkpoint stays.
 
 import ast
 import functools
+import gc
 import io
 import importlib.util
 import json
@@ -34,6 +35,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from kernels import peak_flops
 from mot import TRUNK_FIELDS, GPT, GPTConfig, MixtureOfExperts, MixtureOfTokens, nonfinite
 
 CUDA = torch.cuda.is_available()
@@ -485,13 +487,14 @@ def restores_signal_handlers(function):
 
 
 def start_writing(settings: dict, master: bool, ckpt_path: str, log_path: str, resumed_at,
-                  changes: dict, model: GPT, accumulation_steps: int):
+                  changes: dict, model: GPT, accumulation_steps: int, device: str):
     """The run's first write, after every check (none with eval_only): out_dir prepared (rank 0),
     the RunLog (with wandb, if wanted), and the list of stop signals caught from now on."""
     run_log = functools.partial(RunLog, log_path, changes=changes, model=model,
                                 sequences_per_iter=settings["batch_size"] * accumulation_steps,
                                 tokens_per_iter=settings["gradient_accumulation_steps"]
-                                * settings["batch_size"] * settings["block_size"])
+                                * settings["batch_size"] * settings["block_size"],
+                                peak_flops=peak_flops(device, settings["dtype"]))
     if settings["eval_only"]:
         return run_log(wandb_run=None), []
     if master:
@@ -571,34 +574,70 @@ class Checkpoints:
              f"float16")
 
 
-class RunLog:
-    """log.jsonl, and wandb if wandb_run: a line per evaluation, with the tokens per second since
-    the last one; the first line after a resume that changed settings says so. model: the GPT
-    trained (not its compiled or DDP wrapper); sequences_per_iter: one process's forward-backward
-    passes per step, for the MFU; tokens_per_iter: all processes' tokens per step."""
+class Clock:
+    """The seconds that training steps take, read at log steps, evaluations and stops only: on a
+    GPU each read first waits for the steps launched (a sync), so the steps in between run
+    without one and the time read is the GPU's, not the launches'."""
 
-    def __init__(self, path: str, wandb_run, changes: dict, model: GPT, sequences_per_iter: int,
-                 tokens_per_iter: int):
-        self.path, self.wandb_run, self.changes, self.model = path, wandb_run, changes, model
-        self.sequences_per_iter, self.tokens_per_iter = sequences_per_iter, tokens_per_iter
-        self.tokens, self.seconds = 0, 0.0  # since the last evaluation
-        self.steps, self.running_mfu = 0, -1.0
+    def __init__(self, device_type: str):
+        self.cuda = device_type == "cuda"
+        self.start, self.steps = time.perf_counter(), 0
 
-    def count(self, seconds: float) -> None:
-        """One optimizer step, which took `seconds`."""
-        self.tokens += self.tokens_per_iter
-        self.seconds += seconds
+    def tick(self) -> None:
+        """One optimizer step launched."""
         self.steps += 1
 
-    def print_step(self, iter_num: int, lm_loss: torch.Tensor, dt: float) -> float:
+    def read(self):
+        """(steps, seconds) since the last read, which restarts the clock."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        steps, seconds = self.steps, now - self.start
+        self.start, self.steps = now, 0
+        return steps, seconds
+
+
+class RunLog:
+    """log.jsonl, and wandb if wandb_run: a line per evaluation, with the tokens per second since
+    the last one (warm-up left out: logged apart as warmup_s); the first line after a resume that
+    changed settings says so. model: the GPT trained (not its compiled or DDP wrapper);
+    sequences_per_iter: one process's forward-backward passes per step, for the MFU;
+    tokens_per_iter: all processes' tokens per step; peak_flops: the GPU's (None: no MFU)."""
+
+    def __init__(self, path: str, wandb_run, changes: dict, model: GPT, sequences_per_iter: int,
+                 tokens_per_iter: int, peak_flops=None):
+        self.path, self.wandb_run, self.changes, self.model = path, wandb_run, changes, model
+        self.sequences_per_iter, self.tokens_per_iter = sequences_per_iter, tokens_per_iter
+        self.peak_flops = peak_flops
+        self.tokens, self.seconds, self.warmup_s = 0, 0.0, None  # since the last evaluation
+        self.step_seconds = None  # of the steps of the last count, each; None: the warm-up's
+
+    def count(self, steps: int, seconds: float) -> float:
+        """`steps` optimizer steps that took `seconds`; returns the seconds."""
+        self.tokens += steps * self.tokens_per_iter
+        self.seconds += seconds
+        self.step_seconds = seconds / steps if steps else self.step_seconds
+        return seconds
+
+    def warm_up(self, steps: int, seconds: float) -> None:
+        """The first step of a process (compilation, first allocations): not counted."""
+        self.warmup_s = (self.warmup_s or 0.0) + seconds
+        self.step_seconds = None
+
+    def print_step(self, iter_num: int, lm_loss: torch.Tensor) -> float:
         """Print the step's loss and speed; returns the loss, the only read of the step."""
         lm_loss_value = lm_loss.item()
-        if self.steps > 5:  # nanoGPT's warm-up: the first steps (compile) would skew the MFU
-            mfu = self.model.estimate_mfu(self.sequences_per_iter, dt)
-            self.running_mfu = (mfu if self.running_mfu == -1.0
-                                else 0.9 * self.running_mfu + 0.1 * mfu)
-        print(f"iter {iter_num}: loss {lm_loss_value:.4f}, time {dt * 1000:.1f}ms, "
-              f"{self.tokens_per_iter / dt:,.0f} tokens/s, mfu {self.running_mfu * 100:.2f}%")
+        if self.step_seconds is None:
+            print(f"iter {iter_num}: loss {lm_loss_value:.4f}, warm-up step "
+                  f"{self.warmup_s * 1000:.1f}ms (compilation, first allocations: not timed)")
+            return lm_loss_value
+        speed = (f"time {self.step_seconds * 1000:.1f}ms, "
+                 f"{self.tokens_per_iter / self.step_seconds:,.0f} tokens/s")
+        if self.peak_flops is not None:  # a GPU whose peak is known: no MFU beats a wrong one
+            mfu = self.model.estimate_mfu(self.sequences_per_iter, self.step_seconds,
+                                          self.peak_flops)
+            speed += f", mfu {100 * mfu:.2f}%"
+        print(f"iter {iter_num}: loss {lm_loss_value:.4f}, {speed}")
         return lm_loss_value
 
     def write(self, iter_num: int, losses: dict, lr: float, elapsed_s: float) -> None:
@@ -609,6 +648,7 @@ class RunLog:
         moe_layers = self.model.ffns(MixtureOfExperts)
         record = dict(iter=iter_num, **losses, lr=lr, elapsed_s=elapsed_s,
                       tokens_per_s=self.tokens / self.seconds if self.seconds else None,
+                      warmup_s=self.warmup_s,
                       aux_loss=self.model.aux_loss.item() if moe_layers else None,
                       temperature=[m.temperature.item() for m in mot_layers] or None,
                       causal=all(layer.causal for layer in moe_layers))
@@ -618,7 +658,7 @@ class RunLog:
             f.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
         if self.wandb_run is not None:
             log_record(self.wandb_run, record)
-        self.tokens, self.seconds = 0, 0.0
+        self.tokens, self.seconds, self.warmup_s = 0, 0.0, None
 
     def finish(self) -> None:
         if self.wandb_run is not None:
@@ -831,7 +871,7 @@ def main(argv: list) -> None:
     source = checkpoint = None  # free memory
     accumulation_steps = settings["gradient_accumulation_steps"] // world_size  # per process
     log, received = start_writing(settings, master, ckpt_path, log_path, resumed_at, changes,
-                                  raw_model, accumulation_steps)
+                                  raw_model, accumulation_steps, device)
     if master:
         print_summary(raw_model, changes, iter_num)
     model, eval_model = compile_and_wrap(raw_model, settings["compile"], ddp, device)
@@ -839,16 +879,19 @@ def main(argv: list) -> None:
         evaluate(eval_model, splits, settings, autocast, mot_layers, iter_num)
 
     # the loop: evaluate, log and save every eval_interval and at the end (not again what the
-    # resumed checkpoint holds), then one optimizer step; after it, a stop signal saves and stops
-    stop = 0
+    # resumed checkpoint holds), then one optimizer step; after it, a stop signal saves and stops.
+    # elapsed_s counts the steps' seconds, without evaluations and this process's first step.
+    stop, first_iter = 0, iter_num
     batches = TrainBatches(splits["train"], settings, data_rng, device)
     X, Y = batches.next()
+    clock = Clock(device_type)
     while not settings["eval_only"]:
         lr = set_lr(optimizer, iter_num, settings)
         anneal_temperature(mot_layers, iter_num, settings)
         evaluate_now = ((iter_num % settings["eval_interval"] == 0
                          or iter_num == settings["max_iters"]) and iter_num != resumed_at)
         if evaluate_now:  # every process takes part (evaluation draws no random numbers)
+            elapsed_s += log.count(*clock.read())
             rng_states = gather_rng_states(batches, world_size)
         if evaluate_now and master:
             losses = evaluate(eval_model, splits, settings, autocast, mot_layers, iter_num)
@@ -860,8 +903,9 @@ def main(argv: list) -> None:
                 checkpoints.save(iter_num, best_val_loss, elapsed_s, rng_states)
         if iter_num >= settings["max_iters"]:
             break
+        if evaluate_now:
+            clock.read()  # the evaluation's seconds are not training's
 
-        t0 = time.time()
         for micro_step in range(accumulation_steps):
             if ddp:  # synchronise gradients only on the last micro-step
                 model.require_backward_grad_sync = micro_step == accumulation_steps - 1
@@ -871,19 +915,24 @@ def main(argv: list) -> None:
             X, Y = batches.next()  # drawn and copied while the GPU runs the forward
             scaler.scale(loss).backward()
         optimizer_step(model, optimizer, scaler, settings["grad_clip"])
-        dt = time.time() - t0  # without a GPU sync: the launch time, up to the log's .item()
-        elapsed_s += dt
-        log.count(dt)
-        if iter_num % settings["log_interval"] == 0 and master:  # the last micro-step's loss
-            if not math.isfinite(log.print_step(iter_num, lm_loss, dt)):  # no wait for the GPU
+        clock.tick()
+        log_now = iter_num % settings["log_interval"] == 0
+        if iter_num == first_iter:  # compilation, first allocations: timed apart
+            log.warm_up(*clock.read())
+        elif log_now:  # on a GPU the clock waits for the steps, as the loss read below would
+            elapsed_s += log.count(*clock.read())
+        if log_now and master:  # the last micro-step's loss
+            if not math.isfinite(log.print_step(iter_num, lm_loss)):
                 checkpoints.diverged("the train loss", iter_num)
         iter_num += 1
         stop = stop_signal(received, ddp, device, iter_num % settings["log_interval"] == 0)
         if stop:  # every process takes part; the checkpoint resumes exactly
+            elapsed_s += log.count(*clock.read())
             rng_states = gather_rng_states(batches, world_size)
             if master:
                 checkpoints.save(iter_num, best_val_loss, elapsed_s, rng_states, evaluated=False)
             break
+    del model, eval_model  # under DDP the wrapper holds the process group, which finish frees
     finish(log, ddp, stop, master, ckpt_path, iter_num)
 
 
@@ -893,6 +942,10 @@ def finish(log: RunLog, ddp: bool, stop: int, master: bool, ckpt_path: str, iter
     if ddp:  # leave together, once rank 0 has written its last evaluation and checkpoint
         dist.barrier()
         dist.destroy_process_group()
+        # Collect the DDP wrapper (a reference cycle) now: it holds the process group, whose gloo
+        # threads release their last work with the interpreter's help; left to the interpreter's
+        # exit, they abort the process ("terminate called without an active exception").
+        gc.collect()
     if stop:
         if master:
             print(f"interrupted at iter {iter_num}: saved {ckpt_path}; continue with "

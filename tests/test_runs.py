@@ -1,6 +1,7 @@
 """Runs as systems: killed at random instants, on two processes (DDP on CPU with gloo), in
 bfloat16, compiled. Tiny models; train.py in subprocesses where the process itself is the point."""
 
+import json
 import os
 import random
 import signal
@@ -181,6 +182,63 @@ def test_ddp_on_cpu_with_two_processes(data_root, tmp_path):
     assert all(torch.equal(resumed["model"][k], v) for k, v in expected["model"].items())
     with pytest.raises(SystemExit, match="nproc_per_node=2"):
         train.main(args + [f"--out_dir={full}", "--init_from=resume", "--max_iters=10"])
+
+
+# torchrun target: train.py's main once per argument list of $RUNS (JSON), each run with a
+# process group of its own (a FileStore per run: torchrun's store serves one group per process)
+RUNS = """
+import json, os, sys
+sys.path.insert(0, os.getcwd())  # the repository root
+import torch.distributed as dist
+import train
+init = dist.init_process_group
+for k, args in enumerate(json.loads(os.environ["RUNS"])):
+    store = dist.FileStore(os.path.join(os.environ["STORE_DIR"], f"store{k}"), 2)
+    dist.init_process_group = lambda backend, _store=store: init(
+        backend, store=_store, rank=int(os.environ["RANK"]), world_size=2)
+    train.main(args)
+"""
+DDP_MODES = {"dense": ["--ffn=dense"], "mot": ["--ffn=mot"],
+             "mot_discrete": ["--ffn=mot", "--mot_routing=discrete"],
+             "moe_token_choice": ["--ffn=moe"],
+             "moe_expert_choice": ["--ffn=moe", "--moe_routing=expert_choice"],
+             "transition_discrete": ["--init_from={mot}", "--transition=discrete"],
+             "transition_token_choice": ["--init_from={mot}", "--transition=token_choice"],
+             "upcycled_mot": ["--init_from={dense}", "--upcycle=mot"],
+             "upcycled_moe": ["--init_from={dense}", "--upcycle=moe"]}
+
+
+def test_every_mode_trains_under_ddp_and_resumes_exactly(data_root, tmp_path, run_train):
+    """Each kind of run, from scratch (dense, MoT continuous and discrete, MoE token and expert
+    choice), converted from a MoT run (both transitions) or grown from a dense one (upcycled),
+    trains under torchrun with 2 processes (gloo), and a 2-process run stopped at iter 4 and
+    resumed ends as the uninterrupted one: the same losses at every evaluation, the same
+    weights. (Discrete MoT's controller gets no gradient; DDP waited for it forever.)"""
+    sources = {kind: str(tmp_path / f"source_{kind}") for kind in ("mot", "dense")}
+    for kind, out_dir in sources.items():
+        run_train(out_dir, f"--ffn={kind}", "--max_iters=2")
+    args = TINY + [f"--data_root={data_root}", "--gradient_accumulation_steps=2",
+                   "--eval_interval=4"]
+
+    full, split = tmp_path / "full", tmp_path / "split"
+    first = [args + [arg.format(**sources) for arg in flags] + extra
+             for mode, flags in DDP_MODES.items()
+             for extra in (["--max_iters=8", f"--out_dir={full / mode}"],
+                           ["--max_iters=4", f"--out_dir={split / mode}"])]
+    resumed = [args + ["--max_iters=8", f"--out_dir={split / mode}", "--init_from=resume"]
+               for mode in DDP_MODES]
+    (tmp_path / "runs.py").write_text(RUNS)
+    for batch in (first, resumed):
+        store = tmp_path / f"store{len(batch)}"
+        store.mkdir()
+        torchrun(str(tmp_path / "runs.py"), RUNS=json.dumps(batch), STORE_DIR=str(store))
+    for mode in DDP_MODES:
+        log = read_log(full / mode)
+        assert [r["iter"] for r in log] == [0, 4, 8], mode
+        assert losses(read_log(split / mode)) == losses(log), mode
+        expected = torch.load(full / mode / "ckpt.pt", weights_only=True)["model"]
+        got = torch.load(split / mode / "ckpt.pt", weights_only=True)["model"]
+        assert all(torch.equal(got[k], v) for k, v in expected.items()), mode
 
 
 @pytest.mark.parametrize("ffn", ["dense", "mot", "moe"])
