@@ -24,6 +24,7 @@ import numpy as np
 import tiktoken
 import torch
 
+from kernels import native_dtype
 from mot import GPT, MixtureOfTokens
 
 
@@ -86,7 +87,9 @@ def main(argv: Optional[list] = None) -> None:
                         help="keep only the top_k most likely tokens (>= 1)")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="default: the device's native dtype (bfloat16 on GPUs that compute "
+                             "in it, float16 on older ones, float32 on a CPU)")
     parser.add_argument("--companions", action=argparse.BooleanOptionalAction, default=True,
                         help="MoT: fill a partial group with training text (else zero rows)")
     args = parser.parse_args(argv)
@@ -103,6 +106,7 @@ def main(argv: Optional[list] = None) -> None:
         fail(f"--device={args.device!r}: use cpu, cuda or cuda:N")
     if device_type == "cuda" and not torch.cuda.is_available():
         fail(f"--device={args.device}: CUDA is not available on this machine; use --device=cpu")
+    dtype = args.dtype or native_dtype(args.device)
 
     torch.manual_seed(args.seed)
     try:
@@ -132,8 +136,8 @@ def main(argv: Optional[list] = None) -> None:
     generator = torch.Generator().manual_seed(args.seed)
     fill = (companions(model, checkpoint, args.num_samples, len(ids) + args.max_new_tokens,
                        generator) if args.companions else None)
-    autocast = (nullcontext() if args.dtype == "float32"
-                else torch.amp.autocast(device_type, dtype=getattr(torch, args.dtype)))
+    autocast = (nullcontext() if dtype == "float32"
+                else torch.amp.autocast(device_type, dtype=getattr(torch, dtype)))
     with autocast:
         y = model.generate(x, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                            companions=fill)

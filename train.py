@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from kernels import peak_flops
+from kernels import bf16_is_native, native_dtype, peak_flops
 from mot import TRUNK_FIELDS, GPT, GPTConfig, MixtureOfExperts, MixtureOfTokens, nonfinite
 
 CUDA = torch.cuda.is_available()
@@ -74,8 +74,9 @@ DEFAULTS = dict(
     temperature_final=None,
     # system
     device="cuda" if CUDA else "cpu",
-    dtype=("bfloat16" if CUDA and torch.cuda.is_bf16_supported() else "float16" if CUDA
-           else "float32"),
+    # "auto": the device's native dtype (kernels.native_dtype): bfloat16 on GPUs that compute in
+    # it, float16 with a GradScaler on older ones (T4, V100), float32 on a CPU
+    dtype="auto",
     compile=False, seed=1337,
     # Weights & Biases (pip install wandb): each log.jsonl line is also logged there
     wandb_log=False, wandb_project="mot", wandb_run_name="mot",
@@ -83,8 +84,8 @@ DEFAULTS = dict(
 # What a resumed run may change: where things are, how long it trains, how often it evaluates and
 # logs, the learning-rate and temperature schedules. Every other setting comes from the checkpoint
 # (model, data, batches, optimizer, seed, dtype), and a value given that differs is an error.
-MAY_CHANGE_ON_RESUME = ("out_dir", "init_from", "overwrite", "data_root", "device", "compile",
-                        "eval_only", "max_iters", "eval_interval", "log_interval",
+MAY_CHANGE_ON_RESUME = ("out_dir", "init_from", "overwrite", "data_root", "device", "dtype",
+                        "compile", "eval_only", "max_iters", "eval_interval", "log_interval",
                         "always_save_checkpoint", "learning_rate", "decay_lr", "warmup_iters",
                         "lr_decay_iters", "min_lr", "grad_clip", "temperature_final",
                         "wandb_log", "wandb_project", "wandb_run_name")
@@ -188,6 +189,7 @@ def settings_from_checkpoint(c: dict, given: set, checkpoint: dict, path: str, k
 
 def validate(c: dict, world_size: int, ckpt_path: str) -> None:
     """Every check of the settings that needs neither data nor model (nothing is written yet)."""
+    check_device(c["device"])
     rules = [  # (setting, holds, what it must be)
         ("batch_size", c["batch_size"] >= 1, "must be >= 1"),
         ("gradient_accumulation_steps", c["gradient_accumulation_steps"] >= 1
@@ -214,7 +216,7 @@ def validate(c: dict, world_size: int, ckpt_path: str) -> None:
         ("beta1", 0 <= c["beta1"] < 1, "must be in [0, 1)"),
         ("beta2", 0 <= c["beta2"] < 1, "must be in [0, 1)"),
         ("grad_clip", c["grad_clip"] >= 0, "must be >= 0 (0: no clipping)"),
-        ("dtype", c["dtype"] in DTYPES, f"must be one of {', '.join(DTYPES)}"),
+        ("dtype", c["dtype"] in DTYPES, f"must be one of auto, {', '.join(DTYPES)}"),
         ("transition", c["transition"] in (None, "discrete", "token_choice"),
          "must be 'discrete' or 'token_choice'"),
         ("transition", c["transition"] is None or c["init_from"] != "scratch",
@@ -231,17 +233,49 @@ def validate(c: dict, world_size: int, ckpt_path: str) -> None:
     for key, holds, rule in rules:
         if not holds:
             fail(f"{key}={c[key]!r}: {rule}")
-    try:
-        device_type = torch.device(c["device"]).type
-    except RuntimeError:
-        fail(f"device={c['device']!r}: use cpu, cuda or cuda:N")
-    if device_type == "cuda" and not CUDA:
-        fail(f"device={c['device']!r}: CUDA is not available on this machine; use --device=cpu")
+    device = torch.device(c["device"])
+    if device.type == "cuda" and c["dtype"] == "bfloat16" and not bf16_is_native(device):
+        warning = (f"dtype=bfloat16 is emulated on this GPU (compute capability "
+                   f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}, before 8.0)")
+        if c["compile"]:
+            fail(f"{warning}, and torch.compile fails on it: use --dtype=float16 (its native "
+                 f"dtype, with a GradScaler) or --compile=False")
+        print(f"warning: {warning}: slow; --dtype=float16 is its native dtype", file=sys.stderr)
     if os.path.exists(c["out_dir"]) and not os.path.isdir(c["out_dir"]):
         fail(f"out_dir={c['out_dir']!r} is a file: give a directory")
     if c["init_from"] != "resume" and os.path.exists(ckpt_path) and not c["overwrite"]:
         fail(f"{ckpt_path} holds a run: continue it with --init_from=resume, or delete it and "
              f"start over with --overwrite=True")
+
+
+def device_here(device: str) -> bool:
+    """Whether this machine has `device` (cpu, cuda, cuda:N)."""
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        return False
+    return device.type == "cpu" or (device.type == "cuda" and CUDA
+                                    and (device.index or 0) < torch.cuda.device_count())
+
+
+def check_device(device: str) -> None:
+    """One line naming the fix for a device this machine does not have."""
+    if device_here(device):
+        return
+    kind = device.split(":")[0]
+    if kind == "cuda" and not CUDA:
+        fail(f"device={device!r}: CUDA is not available on this machine; use --device=cpu")
+    if kind == "cuda":
+        fail(f"device={device!r}: this machine has {torch.cuda.device_count()} GPUs, cuda:0 to "
+             f"cuda:{torch.cuda.device_count() - 1}; use one of them")
+    fail(f"device={device!r}: use cpu, cuda or cuda:N (the devices train.py runs on)")
+
+
+def resolve_dtype(settings: dict) -> None:
+    """dtype "auto" becomes the native dtype of the device, when the device is here (otherwise
+    the device check fails later)."""
+    if settings["dtype"] == "auto" and device_here(settings["device"]):
+        settings["dtype"] = native_dtype(settings["device"])
 
 
 def load_checkpoint(path: str, device: str):
@@ -316,16 +350,30 @@ def save_checkpoint(checkpoint: dict, path: str) -> None:
 
 
 def rng_state(batches: "TrainBatches") -> dict:
-    """The random streams training draws from: dropout (torch, cuda) and the batches (data)."""
+    """The random streams training draws from: dropout (torch, and cuda: the GPU this process
+    trains on, None on a CPU) and the batches (data)."""
+    device = torch.device(batches.device)
     return dict(torch=torch.get_rng_state(), data=batches.state,
-                cuda=torch.cuda.get_rng_state_all() if CUDA else [])
+                cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
 
 
-def set_rng_state(state: dict, data_rng: torch.Generator) -> None:
+def set_rng_state(state: dict, data_rng: torch.Generator, device: str) -> None:
+    """The streams of rng_state back, on this machine: the GPU's stream where it trains on one
+    and the checkpoint has one; else dropout on the GPU starts from the seed (a note says so)."""
     torch.set_rng_state(state["torch"].cpu())
     data_rng.set_state(state["data"].cpu())
-    if CUDA and state["cuda"]:
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    device = torch.device(device)
+    if device.type != "cuda":
+        return  # a GPU's stream, if saved, has nothing to draw for here
+    saved = state.get("cuda")
+    if isinstance(saved, list):  # written by an earlier train.py: the stream of every visible GPU
+        saved = saved[device.index or 0] if (device.index or 0) < len(saved) else None
+    if saved is None:
+        print(f"note: the checkpoint has no random stream for {device} (it trained elsewhere): "
+              f"dropout continues from the seed's stream, not from where it stopped",
+              file=sys.stderr)
+    else:
+        torch.cuda.set_rng_state(saved.cpu(), device)
 
 
 def gather_rng_states(batches: "TrainBatches", world_size: int):
@@ -398,6 +446,11 @@ def load_start(settings: dict, given: set, ckpt_path: str, world_size: int):
         saved = [k for k in settings if k not in ("out_dir", "init_from")]
         changes = settings_from_checkpoint(settings, given, checkpoint, ckpt_path, saved,
                                            MAY_CHANGE_ON_RESUME)
+        if "device" not in given and not device_here(settings["device"]):  # another machine
+            print(f"note: {ckpt_path} trained on {settings['device']}, which is not here: "
+                  f"resuming on {DEFAULTS['device']}", file=sys.stderr)
+            changes["device"] = [settings["device"], DEFAULTS["device"]]
+            settings["device"] = DEFAULTS["device"]
         if len(checkpoint["rng"]) != world_size:
             fail(f"{ckpt_path} was written by {len(checkpoint['rng'])} processes, this run has "
                  f"{world_size}: resume with as many (torchrun --nproc_per_node="
@@ -524,12 +577,18 @@ def compile_and_wrap(model: GPT, compile: bool, ddp: bool, device: str):
     return model, eval_model
 
 
-def resume(checkpoint: dict, rank: int, optimizer, scaler, data_rng: torch.Generator):
+def resume(checkpoint: dict, rank: int, optimizer, scaler, data_rng: torch.Generator,
+           device: str):
     """Optimizer, scaler and random streams restored from a checkpoint; its iter_num,
     best_val_loss and elapsed_s, and the last iteration whose evaluation it holds."""
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scaler.load_state_dict(checkpoint["scaler"])
-    set_rng_state(checkpoint["rng"][rank], data_rng)
+    try:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except ValueError as e:  # parameter groups of another layout
+        fail(f"the optimizer state in the checkpoint does not fit this model ({e}): it was "
+             f"written by another version of mot.py; resume it with that version")
+    if scaler.is_enabled() and checkpoint["scaler"]:  # float16 then and now
+        scaler.load_state_dict(checkpoint["scaler"])
+    set_rng_state(checkpoint["rng"][rank], data_rng, device)
     iter_num = checkpoint["iter_num"]
     # an interrupt saves before its iteration's evaluation: the resumed run evaluates it
     resumed_at = iter_num if checkpoint.get("evaluated", True) else iter_num - 1
@@ -844,6 +903,7 @@ def evaluate(model, splits: dict, settings: dict, autocast, mot_layers: list,
 @restores_signal_handlers
 def main(argv: list) -> None:
     settings, given = configure(argv)  # the run's settings (the GPT's are model.config)
+    resolve_dtype(settings)
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     ddp, master = world_size > 1, rank == 0
     ckpt_path, log_path = (os.path.join(settings["out_dir"], f) for f in ("ckpt.pt", "log.jsonl"))
@@ -864,7 +924,8 @@ def main(argv: list) -> None:
                                                settings["learning_rate"],
                                                (settings["beta1"], settings["beta2"]), device_type)
     iter_num, best_val_loss, elapsed_s, resumed_at = (
-        resume(checkpoint, rank, optimizer, scaler, data_rng) if settings["init_from"] == "resume"
+        resume(checkpoint, rank, optimizer, scaler, data_rng, device)
+        if settings["init_from"] == "resume"
         else (0, float("inf"), 0.0, None))
     checkpoints = Checkpoints(ckpt_path, raw_model, optimizer, scaler, settings, meta,
                               iter_num if resumed_at is not None else None)

@@ -5,22 +5,23 @@
 # steps; val loss of every model grouped and one sequence at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."  # the repository root
+PYTHON=${PYTHON:-python}  # e.g. a virtual environment's, not activated
 mkdir -p assets
 ITERS=${ITERS:-2000}
 TUNE=${TUNE:-300}
 SOURCE=${SOURCE:-out-cpu/mot-e128-g32}
 CPU=config/train_shakespeare_char_cpu.py
-python train.py $CPU config/train_shakespeare_char_cpu_mot.py --max_iters=$ITERS \
+"$PYTHON" train.py $CPU config/train_shakespeare_char_cpu_mot.py --max_iters=$ITERS \
   --lr_decay_iters=$ITERS --temperature=1.0 --learnable_temperature=True \
   --out_dir=out-cpu/mot-learned-tau
 TRANSITION="$CPU --init_from=$SOURCE --max_iters=$TUNE --lr_decay_iters=$TUNE \
   --warmup_iters=30 --learning_rate=3e-4 --min_lr=3e-5 --eval_interval=25"
-python train.py $TRANSITION --transition=discrete --out_dir=out-cpu/mot-discrete
-python train.py $TRANSITION --transition=token_choice --out_dir=out-cpu/mot-token-choice
-python experiments/evaluate.py out-cpu/dense $SOURCE out-cpu/mot-learned-tau \
+"$PYTHON" train.py $TRANSITION --transition=discrete --out_dir=out-cpu/mot-discrete
+"$PYTHON" train.py $TRANSITION --transition=token_choice --out_dir=out-cpu/mot-token-choice
+"$PYTHON" experiments/evaluate.py out-cpu/dense $SOURCE out-cpu/mot-learned-tau \
   out-cpu/mot-discrete out-cpu/mot-token-choice
-python experiments/plot.py $SOURCE out-cpu/mot-discrete out-cpu/mot-token-choice \
+"$PYTHON" experiments/plot.py $SOURCE out-cpu/mot-discrete out-cpu/mot-token-choice \
   out-cpu/dense --labels "MoT E=128 G=32" "→ discrete" "→ token choice" "dense" \
   --step_offsets 0 $ITERS $ITERS 0 --out=assets/transition.png
-python experiments/visualize.py --out_dir=$SOURCE --layer=3
+"$PYTHON" experiments/visualize.py --out_dir=$SOURCE --layer=3
 cp $SOURCE/merge_weights.png $SOURCE/merge_entropy.png assets/

@@ -13,7 +13,7 @@ import sample
 import train
 from mot import GPT
 
-from conftest import CORPUS, ROOT, SHARED
+from conftest import CORPUS, ROOT, SHARED, TINY, read_log
 
 SHAKESPEARE = os.path.join(SHARED, "tinyshakespeare", "input.txt")
 
@@ -113,6 +113,73 @@ def test_resume_is_exact(tmp_path, run_train, eval_interval, m, n, resumed_iters
     assert after_m == [(r["iter"], r["train_loss"], r["val_loss"], r["lr"])
                        for r in resumed if r["iter"] > m]
     assert after_m[-1][0] == n
+
+
+def test_a_run_resumes_on_another_machine(tmp_path, data_root, run_train, capsys):
+    """A checkpoint written on a GPU machine (its device cuda, a random stream per visible GPU,
+    as earlier versions saved) resumes on this CPU without a traceback: the device becomes this
+    machine's with a note, the CPU streams are restored, and the run ends as an uninterrupted
+    one (dropout draws on the CPU here)."""
+    args = ["--ffn=mot", "--eval_interval=2"]
+    full = run_train(tmp_path / "full", *args, "--max_iters=6")
+    run_train(tmp_path / "split", *args, "--max_iters=4")
+    path = tmp_path / "split" / "ckpt.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["config"]["device"] = "cuda:3"  # trained there, with 4 GPUs in sight
+    for state in checkpoint["rng"]:
+        state["cuda"] = [torch.zeros(16, dtype=torch.uint8)] * 4
+    torch.save(checkpoint, path)
+    capsys.readouterr()
+    train.main([arg for arg in TINY if arg != "--device=cpu"] + args + [
+        f"--data_root={data_root}", f"--out_dir={tmp_path / 'split'}", "--max_iters=6",
+        "--init_from=resume"])  # the device of this machine's default, not given
+    assert "trained on cuda:3, which is not here: resuming on cpu" in capsys.readouterr().err
+    resumed = read_log(tmp_path / "split")
+    assert [(r["iter"], r["val_loss"]) for r in resumed] == [(r["iter"], r["val_loss"])
+                                                            for r in full]
+
+
+@pytest.mark.parametrize("saved, device, restored", [
+    (torch.ones(8, dtype=torch.uint8), "cuda:1", "the tensor"),  # this process's GPU's stream
+    ([torch.zeros(8, dtype=torch.uint8), torch.ones(8, dtype=torch.uint8)], "cuda:1", "index 1"),
+    ([torch.zeros(8, dtype=torch.uint8)], "cuda:1", None),  # fewer GPUs then: a note
+    (None, "cuda", None),  # trained on a CPU: a note
+    (torch.ones(8, dtype=torch.uint8), "cpu", None)])  # trained on a GPU, resumed on a CPU
+def test_the_gpu_random_stream_is_restored_where_it_applies(monkeypatch, capsys, saved, device,
+                                                            restored):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append(state))
+    data_rng = torch.Generator()
+    state = dict(torch=torch.get_rng_state(), data=data_rng.get_state(), cuda=saved)
+    train.set_rng_state(state, data_rng, device)
+    note = "no random stream for" in capsys.readouterr().err
+    if restored is None:
+        assert calls == [] and note == (device != "cpu")
+    else:
+        expected = saved if restored == "the tensor" else saved[1]
+        assert len(calls) == 1 and torch.equal(calls[0], expected) and not note
+
+
+@pytest.mark.parametrize("capability, dtype", [((7, 0), "float16"), ((7, 5), "float16"),
+                                               ((8, 0), "bfloat16"), ((8, 9), "bfloat16"),
+                                               ((9, 0), "bfloat16")])
+def test_each_gpu_trains_in_its_native_dtype_and_never_compiles_emulated_bfloat16(
+        monkeypatch, tmp_path, capability, dtype):
+    """With a GPU of each capability (faked): the default dtype is bfloat16 where the GPU
+    computes in it, else float16; bfloat16 asked for on an older GPU warns, and with
+    torch.compile is refused in one line naming float16."""
+    monkeypatch.setattr(train, "CUDA", True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    settings, _ = train.configure(["--device=cuda", f"--out_dir={tmp_path}"])
+    train.resolve_dtype(settings)
+    assert settings["dtype"] == dtype
+    settings.update(dtype="bfloat16", compile=True)
+    if dtype == "float16":
+        with pytest.raises(SystemExit, match="emulated on this GPU .* use --dtype=float16"):
+            train.validate(settings, 1, str(tmp_path / "ckpt.pt"))
+    else:
+        train.validate(settings, 1, str(tmp_path / "ckpt.pt"))
 
 
 def test_checkpoint_loads_weights_only_and_save_is_atomic(tmp_path, monkeypatch, run_train):
