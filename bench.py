@@ -3,23 +3,35 @@ Speed and memory of the dense, MoT and MoE feed-forward layers at matched FLOPs,
 training step of a model with each, and of sampling.
 
     python bench.py             # CPU, float32, the layer grid (~2 minutes on 2 cores)
-    python bench.py --device=cuda --dtype=bfloat16 --compile
+    python bench.py --device=cuda --compile  # in the GPU's native dtype (kernels.native_dtype)
     python bench.py --step      # the training step at the CPU and GPU recipes' shapes, per FFN
     python bench.py --sampling  # generate() with and without the KV cache (~10 minutes on 2 cores)
+    python bench.py --memory    # each recipe's peak GPU memory, estimated on a CPU (~30 s)
 
 Each variant: warm-up, then the median of --reps timed forward+backward passes. FLOPs count the
 active experts only (E/G expert FFNs per token for MoT, k for MoE) plus MoT's mixing (controller,
 merge, emit). Memory: peak CUDA memory on a GPU; on a CPU the bytes of the activations autograd
-saves for the backward pass (counted exactly with saved-tensor hooks).
+saves for the backward pass (counted exactly with saved-tensor hooks). --memory: see memory().
 """
 
 import argparse
+import os
 import statistics
 import time
+import weakref
 from contextlib import nullcontext
+from dataclasses import replace
+from typing import Tuple
 
 import torch
+import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
+import train
+from kernels import native_dtype
 from mot import GPT, MLP, GPTConfig, MixtureOfExperts, MixtureOfTokens, experts
 
 
@@ -218,10 +230,187 @@ def step(args) -> None:
                   f"{model.get_num_params() / 1e6:8.2f}M")
 
 
+# ----------------------------------------------------------------------------- GPU memory
+# --memory: the peak memory of one GPU training each recipe, estimated on a CPU with fake tensors
+# (FakeTensorMode: shapes, dtypes and storages, no data, no compute: the 1B parameters of the GPT-2
+# MoT recipe take a second). A recipe: its name, train.py's arguments (config files and --key=value)
+# and its dataset's vocab_size.
+ROOT = os.path.dirname(os.path.abspath(__file__))
+RECIPES = [
+    ("shakespeare_char dense", ["train_shakespeare_char.py"], 65),
+    ("shakespeare_char mot", ["train_shakespeare_char.py", "train_shakespeare_char_mot.py"], 65),
+    ("shakespeare_char moe", ["train_shakespeare_char.py", "train_shakespeare_char_moe.py"], 65),
+    ("gpt2 dense", ["train_gpt2.py"], 50304),
+    ("gpt2 mot", ["train_gpt2.py", "train_gpt2_mot.py"], 50304),
+    ("gpt2 mot G=16 (40 GB)", ["train_gpt2.py", "train_gpt2_mot.py", "--batch_size=16",
+                               "--group_size=16", "--gradient_accumulation_steps=32"], 50304),
+    ("gpt2 moe", ["train_gpt2.py", "train_gpt2_moe.py"], 50304),
+    ("finetune gpt2-xl dense", ["finetune_shakespeare.py"], 50257),
+    ("finetune gpt2 -> mot", ["finetune_shakespeare.py", "finetune_shakespeare_mot.py"], 50257),
+]
+# GPT-2's sizes by init_from name (from_pretrained reads them from transformers' config)
+GPT2_SIZES = {"gpt2": dict(n_layer=12, n_head=12, n_embd=768),
+              "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
+              "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
+              "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600)}
+# The GPU classes: short name, name, GiB as nvidia-smi reports them, the dtype train.py trains in
+# and MoE's grouped matmul, as kernels.native_dtype and grouped_mm_syncs decide them at the GPU's
+# compute capability (T4 7.5, RTX 4090 8.9, A100 8.0, H100 9.0)
+SYNCS = "one host sync per MoE product"
+GPUS = [("T4", "16 GB T4", 15.0, "float16", SYNCS),
+        ("4090", "24 GB RTX 4090", 24.0, "bfloat16", SYNCS),
+        ("A100-40", "40 GB A100", 40.0, "bfloat16", SYNCS),
+        ("A100-80", "80 GB A100", 80.0, "bfloat16", SYNCS),
+        ("H100", "80 GB H100", 79.6, "bfloat16", "sync-free")]
+# A recipe fits a GPU when FRAGMENTATION x its estimated peak + CONTEXT_GIB <= the GPU's memory:
+# the CUDA context and cuBLAS's workspaces, and the caching allocator's fragmentation
+CONTEXT_GIB, FRAGMENTATION = 1.0, 1.1
+GiB = 2 ** 30
+
+
+def gpu_dropout(input: torch.Tensor, p: float = 0.5, training: bool = True,
+                inplace: bool = False) -> torch.Tensor:
+    """F.dropout as on a GPU: one fused kernel (native_dropout), which saves a bool mask; in place
+    or not, the same memory (this GPT's dropouts are not in place)."""
+    return torch.native_dropout(input, p, training)[0] if training and p > 0 else input
+
+
+class AsOnGPU(TorchFunctionMode):
+    """This GPT under CPU autocast, saving for the backward pass what it saves on a GPU where the
+    two differ: CUDA's autocast computes softmax in float32 (PyTorch's autocast op reference), a
+    CPU's in the 16-bit dtype (MoT's merge weights, MoE's router probabilities); a GPU's dropout
+    is a fused kernel that saves a bool mask, a CPU's saves its float noise; a GPU's attention
+    kernels (flash, memory-efficient) drop inside the kernel and keep only its random state, while
+    a CPU's attention with dropout takes the math path, which saves (B, nh, T, T) weights."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.dropout:
+            return gpu_dropout(*args, **kwargs)
+        if func is F.scaled_dot_product_attention:
+            kwargs = {**kwargs, "dropout_p": 0.0}
+        elif (func in (torch.softmax, torch.Tensor.softmax, F.softmax)
+              and torch.is_autocast_enabled("cpu")):
+            kwargs = {"dtype": torch.float32, **kwargs}
+        return func(*args, **kwargs)
+
+
+def storage_key(t: torch.Tensor) -> int:
+    """The identity of t's storage, shared by its views (data_ptr is 0 for every fake tensor)."""
+    return t.untyped_storage()._cdata
+
+
+class LiveBytes(TorchDispatchMode):
+    """The bytes of the storages that ops make while it is on and that are alive at once: now, and
+    the peak. A storage is new when no input of the op that returns it holds it (not a view, not
+    in place); a storage's Python object lives as long as the storage, so a weakref.finalize on
+    it sees it freed."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes, self.now, self.peak = {}, 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {storage_key(t) for t in tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and storage_key(t) not in inputs | self.sizes.keys():
+                storage = t.untyped_storage()
+                self.sizes[storage._cdata] = storage.nbytes()
+                self.now += storage.nbytes()
+                self.peak = max(self.peak, self.now)
+                weakref.finalize(storage, self.free, storage._cdata)
+        return out
+
+    def free(self, key: int) -> None:
+        self.now -= self.sizes.pop(key)
+
+
+def recipe_config(argv: list, vocab_size: int) -> Tuple[GPTConfig, int]:
+    """The config of the GPT that `python train.py config/<file> ... --key=value ...` trains
+    (train.build_model's) and its micro-batch size."""
+    settings, _ = train.configure([a if a.startswith("--") else os.path.join(ROOT, "config", a)
+                                   for a in argv] + ["--device=cpu"])
+    size = GPT2_SIZES.get(settings["init_from"])
+    if size is None:
+        config = GPTConfig(**{k: settings[k] for k in train.MODEL_FIELDS}, vocab_size=vocab_size)
+        return config, settings["batch_size"]
+    # GPT-2 as train.py loads it (block 1024, biases, GELU, no dropout), finetuned as it is, or
+    # upcycled: this run's settings for the new layers, experts with GPT-2's biases
+    config = GPTConfig(block_size=1024, vocab_size=vocab_size, dropout=0.0, bias=True,
+                       activation="gelu", **size)
+    if settings["upcycle"]:
+        config = replace(config, ffn=settings["upcycle"], expert_bias=True,
+                         **{k: settings[k] for k in train.NEW_LAYER_FIELDS})
+    return config, settings["batch_size"]
+
+
+def training_memory(model: GPT, batch_size: int, dtype: torch.dtype) -> dict:
+    """Bytes of one micro-step of train.py on a GPU, run on model's tensors (real ones, or fake
+    ones under FakeTensorMode) under CPU autocast in `dtype` as AsOnGPU adjusts it, eager:
+    params; states: the weights, their gradients and AdamW's two moments, all float32; saved: the
+    tensors autograd saves for the backward pass (parameters excluded, views of one storage
+    once); peak: states plus the most bytes the micro-step holds at once, saved tensors and
+    transients together (the cross entropy's float32 gradients are the largest)."""
+    T, V = model.config.block_size, model.config.vocab_size
+    idx = torch.randint(V, (batch_size, T))
+    autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32)
+    params = {storage_key(p) for p in model.parameters()}
+    saved = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if storage_key(t) not in params:
+            saved[storage_key(t)] = t.untyped_storage().nbytes()
+        return t
+
+    def micro_step():
+        with autocast, AsOnGPU():
+            _, loss = model(idx, idx)  # `_` keeps the logits through the backward, as train.py's
+        (loss + model.aux_loss).backward()
+
+    micro_step()  # the gradients exist from here on, as in an accumulation's later micro-steps
+    live = LiveBytes()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), live:
+        micro_step()
+    n = sum(p.numel() for p in model.parameters())
+    return dict(params=n, states=16 * n, saved=sum(saved.values()), peak=16 * n + live.peak)
+
+
+def memory() -> None:
+    """Each recipe's estimated peak memory on one GPU at its micro-batch, in both 16-bit dtypes,
+    and the GPU classes it fits (in the GPU's dtype, with the headroom of CONTEXT_GIB and
+    FRAGMENTATION)."""
+    print("Peak memory of one GPU training each recipe at its micro-batch, estimated on a CPU "
+          "(fake tensors, eager autograd), GiB")
+    print(f"{'recipe':<23} {'micro-batch':>11} {'params':>7} {'w+g+AdamW':>9} "
+          f"{'act bf16':>8} {'act fp16':>8} {'peak bf16':>9} {'peak fp16':>9}  fits")
+    for name, argv, vocab_size in RECIPES:
+        config, batch_size = recipe_config(argv, vocab_size)
+        with FakeTensorMode():
+            model = GPT(config)
+            est = {dtype: training_memory(model, batch_size, getattr(torch, dtype))
+                   for dtype in ("bfloat16", "float16")}
+        fits = [short for short, _, gib, dtype, _ in GPUS
+                if FRAGMENTATION * est[dtype]["peak"] / GiB + CONTEXT_GIB <= gib]
+        bf16, fp16 = est["bfloat16"], est["float16"]
+        print(f"{name:<23} {batch_size:>5}x{config.block_size:<5} "
+              f"{bf16['params'] / 1e9:6.3f}B {bf16['states'] / GiB:9.2f} "
+              f"{bf16['saved'] / GiB:8.2f} {fp16['saved'] / GiB:8.2f} "
+              f"{bf16['peak'] / GiB:9.2f} {fp16['peak'] / GiB:9.2f}  {' '.join(fits) or '-'}")
+    print(f"\nA recipe fits when {FRAGMENTATION} x its peak + {CONTEXT_GIB} GiB (CUDA context, "
+          f"workspaces) <= the GPU's memory:")
+    for short, gpu, gib, dtype, grouped_mm in GPUS:
+        limit = (gib - CONTEXT_GIB) / FRAGMENTATION
+        print(f"{short:<8} {gpu:<15} {gib:5.1f} GiB  {dtype:<9} peak <= {limit:5.1f} GiB  "
+              f"MoE: {grouped_mm}")
+
+
 parser = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--device", default="cpu")
-parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                    help="default: the device's native dtype (kernels.native_dtype)")
 parser.add_argument("--compile", action="store_true", help="torch.compile each timed step")
 parser.add_argument("--batch_size", type=int, default=64)
 parser.add_argument("--seq_len", type=int, default=128)
@@ -237,10 +426,13 @@ parser.add_argument("--step", action="store_true",
 parser.add_argument("--rounds", type=int, default=7, help="--step: interleaved rounds")
 parser.add_argument("--shape", choices=["cpu", "gpu", "both"], default="both",
                     help="--step: the CPU recipe's model shape, the GPU recipe's, or both")
+parser.add_argument("--memory", action="store_true",
+                    help="estimate each recipe's peak GPU memory (both 16-bit dtypes) instead")
 parser.add_argument("--tiny", action="store_true", help="tiny sizes, to check that the script runs")
 
 if __name__ == "__main__":
     args = parser.parse_args()
+    args.dtype = args.dtype or native_dtype(args.device)
     # sampling and --step: the GPU recipe's shape (config/train_shakespeare_char*.py); --step also
     # the CPU recipe's (config/train_shakespeare_char_cpu*.py), with a batch a CPU can time
     args.sampling_model = dict(n_layer=6, n_head=6, n_embd=384, block_size=256)
@@ -262,4 +454,7 @@ if __name__ == "__main__":
         args.step_shapes = [("tiny", args.sampling_model, 4)]
         args.step_ffns = {"dense": {}, "mot E=4 G=2": dict(ffn="mot", n_experts=4, group_size=2),
                           "moe top-1 E=4": dict(ffn="moe", n_experts=4, moe_top_k=1)}
-    sampling(args) if args.sampling else step(args) if args.step else main(args)
+    if args.memory:
+        memory()
+    else:
+        sampling(args) if args.sampling else step(args) if args.step else main(args)

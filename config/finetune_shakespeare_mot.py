@@ -5,9 +5,10 @@
 # experts sum to the dense FFN (GPT.upcycle; the README says what the layer computes at step 0).
 # The dense baseline at equal batches: python train.py config/finetune_shakespeare.py
 # --init_from=gpt2 --batch_size=8 --gradient_accumulation_steps=4 --out_dir=out-shakespeare-gpt2
-# Memory: ~350M parameters (124M + 6·37.7M of experts) with gradients and AdamW in float32, ~6 GB,
-# plus activations of 8 sequences of 1024 tokens under bfloat16 autocast (MoT keeps a merged token
-# per expert and position, E·T·C per group and layer): about 20 GB, an A100 40GB. Untuned: the
+# Memory: 323M parameters (6 of GPT-2's dense FFNs, 4.7M each, grown into 37.8M of experts each),
+# with their gradients and AdamW in float32 4.8 GiB; with the activations of 8 sequences of 1024
+# tokens (MoT keeps a merged token per expert and position, E·T·C per group and layer) it fits a
+# 24 GB GPU (python bench.py --memory; README, "Which GPU for which recipe"). Untuned: the
 # learning rate is the dense finetune's.
 out_dir = "out-shakespeare-mot"
 init_from = "gpt2"

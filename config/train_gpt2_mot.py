@@ -1,7 +1,13 @@
 # The paper's MoT recipe on top of train_gpt2.py (give both files, this one second): the first half of
 # the blocks dense, the rest MoT with groups of 32 and 256 experts of width 4*768*32/256 = 384
 # ("MoT-Base/32E/8"). Each micro-batch must hold whole groups: 32 sequences of 1024 tokens, with 16
-# accumulation steps ~0.5M tokens per step (an 80GB GPU; with less memory lower group_size and batch_size).
+# accumulation steps ~0.5M tokens per step.
+# Memory (estimates: python bench.py --memory; README, "Which GPU for which recipe"): this
+# micro-batch fits an 80 GB A100 or H100, not a 40 GB A100. There, halve the groups and the
+# micro-batch, with twice the accumulation steps for the same tokens per step:
+#   --batch_size=16 --group_size=16 --gradient_accumulation_steps=32
+# The FLOP-matched experts are then 4*768*16/256 = 192 wide (half the experts' parameters);
+# --n_experts=128 keeps them 384 wide, each token paying for E/G = 8 experts as here.
 out_dir = "out-owt-mot"
 ffn = "mot"
 n_dense_layers = 6
