@@ -3,7 +3,7 @@ Speed and memory of the dense, MoT and MoE feed-forward layers at matched FLOPs,
 training step of a model with each, and of sampling.
 
     python bench.py             # CPU, float32, the layer grid (~2 minutes on 2 cores)
-    python bench.py --device=cuda --compile  # in the GPU's native dtype (kernels.native_dtype)
+    python bench.py --device=cuda --compile  # in the GPU's native dtype (devices.native_dtype)
     python bench.py --step      # the training step at the CPU and GPU recipes' shapes, per FFN
     python bench.py --sampling  # generate() with and without the KV cache (~10 minutes on 2 cores)
     python bench.py --memory    # each recipe's peak GPU memory, estimated on a CPU (~30 s)
@@ -31,7 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import train
-from kernels import native_dtype
+from devices import native_dtype
 from mot import GPT, MLP, GPTConfig, MixtureOfExperts, MixtureOfTokens, experts
 
 
@@ -254,7 +254,7 @@ GPT2_SIZES = {"gpt2": dict(n_layer=12, n_head=12, n_embd=768),
               "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
               "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600)}
 # The GPU classes: short name, name, GiB as nvidia-smi reports them, the dtype train.py trains in
-# and MoE's grouped matmul, as kernels.native_dtype and grouped_mm_syncs decide them at the GPU's
+# and MoE's grouped matmul, as devices.native_dtype and grouped_mm_syncs decide them at the GPU's
 # compute capability (T4 7.5, RTX 4090 8.9, A100 8.0, H100 9.0)
 SYNCS = "one host sync per MoE product"
 GPUS = [("T4", "16 GB T4", 15.0, "float16", SYNCS),
@@ -410,7 +410,7 @@ parser = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--device", default="cpu")
 parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                    help="default: the device's native dtype (kernels.native_dtype)")
+                    help="default: the device's native dtype (devices.native_dtype)")
 parser.add_argument("--compile", action="store_true", help="torch.compile each timed step")
 parser.add_argument("--batch_size", type=int, default=64)
 parser.add_argument("--seq_len", type=int, default=128)

@@ -6,19 +6,18 @@ Antoniak et al., arXiv 2310.15961.
 Read top to bottom: config, attention, the FFNs (dense, MoT and its emit-softmax variant, MoE)
 and their registry FFNS, block, GPT. MixtureOfTokens's docstring states what MoT computes, in the
 five steps of the README's "What Mixture of Tokens computes"; the grouped matmul behind MoE's
-experts is in kernels.py.
+experts is in moe_kernels.py.
 """
 
 import math
-import os
-from dataclasses import dataclass, replace
-from typing import Optional, Tuple
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import grouped_mm
+from moe_kernels import grouped_mm
 
 INIT_STD = 0.02  # GPT-2's init: N(0, 0.02) for every weight matrix
 
@@ -120,9 +119,23 @@ class CausalSelfAttention(nn.Module):
 # Every FFN maps (B, T, C) to (B, T, C), initialises itself, and provides:
 #   from_config(config)      build it from a GPTConfig (its constructor takes plain arguments)
 #   num_active_params()      the parameters whose multiply-adds one token pays for
-#   mixing_macs_per_token()  multiply-adds per token that are not a product with a parameter
-#                            (MoT's merge and emit); GPT.flops_per_token counts both.
-# FFNS (below the classes) maps GPTConfig.ffn to the class.
+# and what the model and the loop need to know of it, as the attributes of FFN below. FFNS (below
+# the classes) maps GPTConfig.ffn to the class: a new FFN is one class and one line there.
+
+
+class FFN(nn.Module):
+    """The attributes GPT, train.py, convert.py and the tests read from an FFN layer, with the
+    answers of a plain one; a layer sets those that differ (as a class or instance attribute)."""
+    group_size = 1  # the batch must be whole multiples of this many examples (MoT: its groups)
+    mixes_examples = False  # an example's output depends on the other examples of the batch
+    causal = True  # a position's output depends on no later position
+    upcyclable = None  # convert.upcycle may grow a dense FFN into it: "copies" | "slices" (of it)
+    aux_loss = None  # a loss training adds, set by each forward (MoE: load balancing)
+
+    def mixing_macs_per_token(self) -> int:
+        """Multiply-adds per token that are not a product with a parameter (MoT's merge and
+        emit); GPT.flops_per_token counts them with the active parameters."""
+        return 0
 
 
 # The activation of every FFN of a GPT (GPTConfig.activation), the same for all so that
@@ -141,7 +154,7 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
 ACTIVATIONS = {"relu": relu, "gelu": gelu}
 
 
-class MLP(nn.Module):
+class MLP(FFN):
     """The dense FFN: C -> 4C -> C."""
 
     def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = False,
@@ -173,9 +186,6 @@ class MLP(nn.Module):
 
     def num_active_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-    def mixing_macs_per_token(self) -> int:
-        return 0
 
 
 # The experts of MoT and MoE: E FFNs of width H, stacked in tensors w1 (E, C, H) and w2 (E, H, C).
@@ -210,7 +220,7 @@ def flop_matched(hidden: int, per: int, formula: str) -> int:
     return hidden // per
 
 
-class MixtureOfTokens(nn.Module):
+class MixtureOfTokens(FFN):
     """Mixture of Tokens: at each position, the G tokens of a group of G examples are mixed into
     one token per expert, and each expert's output goes back to them with the same weights. Every
     expert sees every token of its group, so the layer is continuous. For an input x (B, T, C):
@@ -227,6 +237,8 @@ class MixtureOfTokens(nn.Module):
     Letters: B batch, T positions, C channels, G group_size, n = B/G groups, E experts,
     H expert_size, τ temperature. Subclasses can change how the weights are computed by overriding
     get_merge_weights and get_emit_weights (see MixtureOfTokensEmitSoftmax)."""
+    mixes_examples = True  # step 1
+    upcyclable = "slices"  # any k experts of width 4C/k that sum to the dense FFN (convert.py)
 
     def __init__(self, n_embd: int, n_experts: int, group_size: int,
                  expert_size: Optional[int] = None, temperature: float = 1.0,
@@ -369,7 +381,7 @@ class MixtureOfTokensEmitSoftmax(MixtureOfTokens):
         return torch.softmax(logits / self.temperature, dim=-1)  # (n, T, G, E), sums to 1 over E
 
 
-class MixtureOfExperts(nn.Module):
+class MixtureOfExperts(FFN):
     """Sparse MoE baseline. Token choice: each token goes to its top-k experts, weighted by its
     router probabilities; with a capacity factor an expert takes at most
     ceil(capacity_factor·N·k/E) tokens and the rest are dropped (the residual carries them).
@@ -378,6 +390,7 @@ class MixtureOfExperts(nn.Module):
 
     self.aux_loss holds the Switch load-balancing loss α·E·Σ_e f_e·P_e of the last forward
     (token choice; 0 for expert choice, which is balanced by construction)."""
+    upcyclable = "copies"  # each expert the dense FFN: its gates then weight copies
 
     def __init__(self, n_embd: int, n_experts: int, top_k: int = 1,
                  expert_size: Optional[int] = None, routing: str = "token_choice",
@@ -389,8 +402,9 @@ class MixtureOfExperts(nn.Module):
         H = expert_size or self.flop_matched_expert_size(C, E, top_k)
         self.top_k, self.capacity_factor = top_k, capacity_factor
         self.expert_choice, self.aux_loss_coef = routing == "expert_choice", aux_loss_coef
-        # expert choice, or a capacity, makes tokens of all positions compete for the experts
+        # expert choice, or a capacity, makes the tokens of the batch compete for the experts
         self.causal = not self.expert_choice and capacity_factor is None
+        self.mixes_examples = not self.causal
         self.router = nn.Parameter(torch.empty(C, E))
         self.w1 = nn.Parameter(torch.empty(E, C, H))
         self.w2 = nn.Parameter(torch.empty(E, H, C))
@@ -470,9 +484,6 @@ class MixtureOfExperts(nn.Module):
         per_expert = expert_params(self) // self.w1.shape[0]
         return self.router.numel() + int(experts_per_token * per_expert)
 
-    def mixing_macs_per_token(self) -> int:
-        return 0
-
 
 FFNS = {"dense": MLP, "mot": MixtureOfTokens, "moe": MixtureOfExperts,
         "mot_emit_softmax": MixtureOfTokensEmitSoftmax}
@@ -494,46 +505,6 @@ class Block(nn.Module):
         return x + self.ffn(self.ln_2(x))
 
 
-def nonfinite(tensors: dict) -> list:
-    """The names of the floating-point tensors of `tensors` (a state dict) that hold a NaN or an
-    infinity: the weights of a run that diverged."""
-    return [name for name, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()]
-
-
-# GPT-2's checkpoints, as transformers' GPT2LMHeadModel holds them: the same tensors under the
-# same names but for `mlp` (here `ffn`), with the matrices of its Conv1D layers stored transposed.
-GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-# The settings of the dense FFN's surroundings, which upcycling keeps (GPT.upcycle).
-TRUNK_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias", "activation")
-
-
-def gpt2_config(hf_config) -> GPTConfig:
-    """The GPTConfig of a transformers GPT2Config: GPT-2's biases, GELU and LayerNorm eps 1e-5
-    (nn.LayerNorm's), or a ValueError naming what this GPT cannot run."""
-    supported = dict(activation_function=("gelu_new", "gelu_pytorch_tanh"),
-                     layer_norm_epsilon=(1e-5,), n_inner=(None, 4 * hf_config.n_embd),
-                     scale_attn_weights=(True,), scale_attn_by_inverse_layer_idx=(False,),
-                     reorder_and_upcast_attn=(False,))
-    for key, values in supported.items():
-        if getattr(hf_config, key, values[0]) not in values:
-            raise ValueError(f"GPT-2 config has {key}={getattr(hf_config, key)!r}: this GPT "
-                             f"supports {' or '.join(map(repr, values))}")
-    return GPTConfig(block_size=hf_config.n_positions, vocab_size=hf_config.vocab_size,
-                     n_layer=hf_config.n_layer, n_head=hf_config.n_head, n_embd=hf_config.n_embd,
-                     dropout=0.0, bias=True, activation="gelu")
-
-
-def gpt2_state_dict(hf_state: dict) -> dict:
-    """A GPT2LMHeadModel's state dict under this GPT's names, Conv1D matrices transposed."""
-    state = {}
-    for name, tensor in hf_state.items():
-        if name.endswith((".attn.bias", ".attn.masked_bias")):  # causal masks of old versions
-            continue
-        state[name.replace(".mlp.", ".ffn.")] = tensor.t() if name.endswith(GPT2_CONV1D) else tensor
-    state.setdefault("lm_head.weight", state["transformer.wte.weight"])  # tied
-    return state
-
-
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -548,7 +519,7 @@ class GPT(nn.Module):
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
-        self.aux_loss = torch.zeros(())  # the MoE layers' load-balancing losses, last forward
+        self.aux_loss = torch.zeros(())  # the sum of the layers' aux_loss, last forward
         # nanoGPT's init, draw for draw, so that a dense GPT equals nanoGPT's for the same seed
         # (this redraws MLP's weights, from the same distributions as MLP.reset_parameters).
         self.apply(self._init_weights)
@@ -561,50 +532,6 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
-
-    @classmethod
-    def from_checkpoint(cls, path: str, device: str = "cpu") -> Tuple["GPT", dict]:
-        """The GPT saved by train.py at `path`, on `device` in eval mode, and the checkpoint dict;
-        a ValueError saying what is wrong with a missing, damaged, foreign or diverged file."""
-        if not os.path.exists(path):
-            raise ValueError(f"no checkpoint at {path}: train one first")
-        try:
-            checkpoint = torch.load(path, map_location=device, weights_only=True)
-        except Exception as e:  # a damaged file can fail anywhere inside the unpickler
-            raise ValueError(f"cannot read checkpoint {path} (truncated or corrupted?): "
-                             f"{str(e).split('. ')[0]}") from None
-        required = {"model", "model_args", "iter_num", "meta"}
-        missing = required - set(checkpoint if isinstance(checkpoint, dict) else {})
-        if missing:
-            raise ValueError(f"{path} is not a checkpoint written by train.py "
-                             f"(missing {sorted(missing)})")
-        try:
-            model = cls(GPTConfig(**checkpoint["model_args"]))
-            model.load_state_dict(checkpoint["model"])
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise ValueError(f"{path} does not hold a model of this mot.py: "
-                             f"{str(e).splitlines()[0]}") from None
-        bad = nonfinite(checkpoint["model"])
-        if bad:  # train.py never saves such weights; sampling from them fails deep inside
-            raise ValueError(f"{path} holds non-finite weights ({len(bad)} tensors, {bad[0]} "
-                             f"first): its run diverged; train it again with a lower "
-                             f"learning_rate or with grad_clip set")
-        return model.to(device).eval(), checkpoint
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str) -> "GPT":
-        """GPT-2 (gpt2, gpt2-medium, gpt2-large or gpt2-xl, which transformers downloads, or a
-        directory written by transformers' save_pretrained) as a dense GPT in eval mode, with
-        GPT-2's settings: biases, GELU (tanh), vocab_size 50257, block_size 1024."""
-        try:
-            from transformers import GPT2LMHeadModel
-        except ImportError:
-            raise ImportError("GPT.from_pretrained needs the transformers package: "
-                              "pip install transformers") from None
-        hf = GPT2LMHeadModel.from_pretrained(name_or_path)
-        model = cls(gpt2_config(hf.config))
-        model.load_state_dict(gpt2_state_dict(hf.state_dict()))
-        return model.eval()
 
     def ffns(self, kind: type) -> list:
         """The FFN layers that are instances of `kind` (a class or a tuple of classes)."""
@@ -635,8 +562,8 @@ class GPT(nn.Module):
         for block, cache in zip(self.transformer.h, kv_cache or [None] * len(self.transformer.h)):
             x = block(x, cache)
         x = self.transformer.ln_f(x)
-        self.aux_loss = sum((m.aux_loss for m in self.ffns(MixtureOfExperts)),
-                            torch.zeros((), device=idx.device))
+        self.aux_loss = sum((b.ffn.aux_loss for b in self.transformer.h
+                             if b.ffn.aux_loss is not None), torch.zeros((), device=idx.device))
         if targets is None:  # inference: only the last position is needed
             return self.lm_head(x[:, [-1], :]), None
         logits = self.lm_head(x)  # (B, T, vocab)
@@ -661,7 +588,7 @@ class GPT(nn.Module):
         return 6 * (self.get_num_active_params() + mixing) + 12 * cfg.n_layer * cfg.n_embd * T
 
     def estimate_mfu(self, fwdbwd_per_iter: int, dt: float, peak_flops: float) -> float:
-        """Model FLOPs utilisation against `peak_flops` (kernels.peak_flops: the GPU's)."""
+        """Model FLOPs utilisation against `peak_flops` (devices.peak_flops: the GPU's)."""
         flops = self.flops_per_token() * self.config.block_size * fwdbwd_per_iter
         return flops / dt / peak_flops
 
@@ -674,93 +601,6 @@ class GPT(nn.Module):
         # many more parameters than dense, and the for-loop update is a large part of its step
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas,
                                  fused=device_type in ("cpu", "cuda"))
-
-    def to_sparse(self, routing: str) -> "GPT":
-        """A new GPT whose MoT layers do not mix examples, for transition tuning, weights copied:
-        "discrete": the same layers with one-hot argmax merge weights (the τ → 0 limit);
-        "token_choice": top-k token-choice MoE layers, k = E/G (the same expert FLOPs per token),
-        whose experts are the MoT experts and whose router is the MoT controller divided by τ:
-        the logits MoT's softmax saw (RESULTS.md compares it with the raw controller).
-        The new GPT has this one's dtype, device and training mode."""
-        cfg = self.config
-        if FFNS[cfg.ffn] is not MixtureOfTokens:
-            raise ValueError(f"to_sparse converts MoT layers, but this model has ffn={cfg.ffn!r}")
-        if routing == "discrete":
-            sparse_config = replace(cfg, mot_routing="discrete")
-        elif routing == "token_choice":
-            sparse_config = replace(cfg, ffn="moe", moe_routing="token_choice",
-                                    capacity_factor=None,
-                                    moe_top_k=max(1, cfg.n_experts // cfg.group_size),
-                                    expert_size=self.ffns(MixtureOfTokens)[0].w1.shape[2])
-        else:
-            raise ValueError(f"routing={routing!r}: use 'discrete' or 'token_choice'")
-        state = self.state_dict()
-        if routing == "token_choice":  # the controller over τ becomes the router; MoE has no τ
-            state = {name: tensor for name, tensor in state.items()
-                     if not name.endswith((".ffn.controller", ".log_temperature"))}
-            for i, block in enumerate(self.transformer.h):
-                if isinstance(block.ffn, MixtureOfTokens):
-                    state[f"transformer.h.{i}.ffn.router"] = (
-                        block.ffn.controller / block.ffn.temperature).detach()
-        weight = self.lm_head.weight
-        sparse = GPT(sparse_config).to(device=weight.device, dtype=weight.dtype)
-        sparse.load_state_dict(state)
-        return sparse.train(self.training)
-
-    @torch.no_grad()
-    def upcycle(self, ffn: str, **settings) -> "GPT":
-        """A new GPT grown from this dense one ("sparse upcycling"): the same attention,
-        embeddings, norms and first n_dense_layers FFNs, and in the other blocks `ffn` layers
-        (a MoT or MoE key of FFNS) whose experts start from the block's dense FFN. settings: the
-        new layers' GPTConfig fields (n_experts, group_size, expert_size, temperature,
-        moe_top_k, n_dense_layers, dropout, ...); the TRUNK_FIELDS stay this model's.
-
-        Experts of width H cut the dense FFN's 4C hidden units into k = 4C/H slices, expert e
-        taking slice e mod k with its rows of c_fc, columns of c_proj and c_fc's biases, and
-        c_proj's bias divided by k: each run of k experts sums to the dense FFN (k = 1: every
-        expert a copy, Komatsuzaki et al. 2022). MoE experts must be copies: expert_size
-        None means 4C for MoE. The controller (MoT) or router (MoE) is drawn as in a new layer.
-        The README says what the layer computes at step 0. The new GPT has this one's dtype,
-        device and training mode."""
-        cfg = self.config
-        if cfg.ffn != "dense":
-            raise ValueError(f"upcycle grows a dense model, but this one has ffn={cfg.ffn!r}")
-        if ffn not in FFNS or not issubclass(FFNS[ffn], (MixtureOfTokens, MixtureOfExperts)):
-            raise ValueError(f"upcycle into ffn={ffn!r}: use one of "
-                             f"{[k for k, c in FFNS.items() if c is not MLP]}")
-        kept = sorted(set(settings) & set(TRUNK_FIELDS + ("ffn", "expert_bias")))
-        if kept:
-            raise ValueError(f"upcycle keeps the source's {', '.join(kept)}: leave them out")
-        if FFNS[ffn] is MixtureOfExperts and settings.get("expert_size") is None:
-            settings["expert_size"] = 4 * cfg.n_embd
-        try:
-            config = replace(cfg, ffn=ffn, expert_bias=cfg.bias, **settings)
-        except TypeError as e:
-            raise ValueError(f"upcycle: {e}") from None
-        weight = self.lm_head.weight
-        model = GPT(config).to(device=weight.device, dtype=weight.dtype)
-        source = self.state_dict()
-        for name, tensor in model.state_dict().items():
-            if name in source:
-                tensor.copy_(source[name])
-        for dense, block in zip(self.transformer.h, model.transformer.h):
-            if isinstance(block.ffn, MLP):
-                continue
-            E, C, H = block.ffn.w1.shape
-            k = 4 * C // H
-            if 4 * C % H or E % k or (k > 1 and isinstance(block.ffn, MixtureOfExperts)):
-                raise ValueError(f"upcycle: expert_size={H} must be 4·n_embd={4 * C} (copies)"
-                                 + ("" if isinstance(block.ffn, MixtureOfExperts) else
-                                    f" or 4·n_embd/k with n_experts={E} a multiple of k "
-                                    f"(slices)"))
-            units = torch.arange(E, device=weight.device) % k  # the slice of each expert
-            w_fc = dense.ffn.c_fc.weight.view(k, H, C)  # slice j: hidden units jH:(j+1)H
-            block.ffn.w1.copy_(w_fc.transpose(1, 2)[units])
-            block.ffn.w2.copy_(dense.ffn.c_proj.weight.view(C, k, H).permute(1, 2, 0)[units])
-            if cfg.bias:
-                block.ffn.b1.copy_(dense.ffn.c_fc.bias.view(k, H)[units])
-                block.ffn.b2.copy_((dense.ffn.c_proj.bias / k).expand(E, C))
-        return model.train(self.training)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
@@ -785,7 +625,7 @@ class GPT(nn.Module):
             raise ValueError(f"temperature={temperature}: use 0 for greedy decoding or > 0")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k={top_k}: keep at least 1 token, or None for all")
-        if kv_cache and not all(getattr(b.ffn, "causal", True) for b in self.transformer.h):
+        if kv_cache and not all(b.ffn.causal for b in self.transformer.h):
             raise ValueError("this model's MoE layers let tokens of other positions compete "
                              "(expert choice or a capacity factor): use kv_cache=False")
         if companions is not None:

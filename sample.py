@@ -24,8 +24,9 @@ import numpy as np
 import tiktoken
 import torch
 
-from kernels import native_dtype
-from mot import GPT, MixtureOfTokens
+import convert
+from devices import native_dtype
+from mot import GPT
 
 
 def fail(message: str):
@@ -55,7 +56,7 @@ def companions(model: GPT, checkpoint: dict, num_samples: int, length: int,
                generator: torch.Generator) -> Optional[torch.Tensor]:
     """Windows (K, length) of the checkpoint's training text that make num_samples whole MoT
     groups; None when they are not needed (dense, MoE, whole groups) or the data is missing."""
-    group_size = max([m.group_size for m in model.ffns(MixtureOfTokens)], default=1)
+    group_size = max(block.ffn.group_size for block in model.transformer.h)
     count = -num_samples % group_size
     if count == 0:
         return None
@@ -111,10 +112,10 @@ def main(argv: Optional[list] = None) -> None:
     torch.manual_seed(args.seed)
     try:
         if args.init_from == "resume":
-            model, checkpoint = GPT.from_checkpoint(os.path.join(args.out_dir, "ckpt.pt"),
-                                                    args.device)
+            model, checkpoint = convert.from_checkpoint(os.path.join(args.out_dir, "ckpt.pt"),
+                                                        args.device)
         else:  # GPT-2: dense, so no MoT group to fill with training text
-            model = GPT.from_pretrained(args.init_from).to(args.device)
+            model = convert.from_pretrained(args.init_from).to(args.device)
             checkpoint = dict(meta=dict(tokenizer="gpt2"))
     except (ImportError, OSError, ValueError) as e:
         fail(str(e).strip().splitlines()[0])

@@ -13,8 +13,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch.func import functional_call
 
-import kernels
+import convert
 import mot
+import moe_kernels
 from mot import (FFNS, GPT, MLP, GPTConfig, MixtureOfExperts, MixtureOfTokens,
                  MixtureOfTokensEmitSoftmax)
 from reference import expert, loop_expert_choice, loop_moe, loop_mot
@@ -573,7 +574,7 @@ def test_forward_takes_targets_of_any_layout_and_rejects_bad_ids():
 @pytest.mark.parametrize("dtype, training", [(torch.float64, True), (torch.bfloat16, False)])
 def test_to_sparse_keeps_dtype_and_mode(routing, dtype, training):
     model = make_gpt(ffn="mot").to(dtype).train(training)
-    sparse = model.to_sparse(routing)
+    sparse = convert.to_sparse(model, routing)
     assert all(p.dtype == dtype for p in sparse.parameters())
     assert sparse.training == training
 
@@ -626,10 +627,10 @@ def test_moe_runs_grouped_mm_where_torch_takes_it_and_knows_where_it_syncs(
     CUDA of any capability (faked here); on CUDA only bfloat16 on 9.x and 10.x runs without
     reading the offsets on the host. Unaligned widths and other dtypes or devices: the loop."""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    assert kernels.runs_grouped_mm(torch.device(device), dtype, 64, 32) == grouped
-    assert kernels.grouped_mm_syncs(torch.device(device), dtype, 64, 32) == syncs
-    assert not kernels.runs_grouped_mm(torch.device(device), dtype, 64, 6)  # rows of 12/24 bytes
-    assert kernels.grouped_mm_syncs(torch.device(device), dtype, 64, 6) == (device == "cuda")
+    assert moe_kernels.runs_grouped_mm(torch.device(device), dtype, 64, 32) == grouped
+    assert moe_kernels.grouped_mm_syncs(torch.device(device), dtype, 64, 32) == syncs
+    assert not moe_kernels.runs_grouped_mm(torch.device(device), dtype, 64, 6)  # 12/24-byte rows
+    assert moe_kernels.grouped_mm_syncs(torch.device(device), dtype, 64, 6) == (device == "cuda")
 
 
 def gathered_mm(a, b, offsets):
@@ -650,7 +651,7 @@ def test_grouped_mm_equals_the_gathered_product_with_its_gradients(dtype, k, n, 
     b = torch.randn(len(rows), k, n, generator=generator(1), dtype=dtype).requires_grad_()
     weights = torch.randn(sum(rows), n, generator=generator(2), dtype=dtype)
     results = []
-    for product in (kernels.grouped_mm, gathered_mm):
+    for product in (moe_kernels.grouped_mm, gathered_mm):
         out = product(a, b, offsets)
         results.append((out, *torch.autograd.grad((out * weights).sum(), (a, b))))
     tolerance = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else {}
@@ -683,8 +684,8 @@ def test_moe_off_torchs_grouped_mm_stays_linear_in_memory(dtype, n_embd):
         return saved_bytes(lambda: layer(x).sum())
 
     grouped = layer_bytes(torch.float32, 64)
-    assert kernels.runs_grouped_mm(torch.device("cpu"), torch.float32, 64, 256)
-    assert not kernels.runs_grouped_mm(torch.device("cpu"), dtype, n_embd, 256)
+    assert moe_kernels.runs_grouped_mm(torch.device("cpu"), torch.float32, 64, 256)
+    assert not moe_kernels.runs_grouped_mm(torch.device("cpu"), dtype, n_embd, 256)
     assert layer_bytes(dtype, n_embd) <= 1.1 * grouped * dtype.itemsize / 4 * n_embd / 64
 
 

@@ -35,8 +35,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from kernels import bf16_is_native, native_dtype, peak_flops
-from mot import TRUNK_FIELDS, GPT, GPTConfig, MixtureOfExperts, MixtureOfTokens, nonfinite
+from devices import bf16_is_native, native_dtype, peak_flops
+import convert
+from convert import TRUNK_FIELDS, nonfinite
+from mot import FFNS, GPT, GPTConfig, MixtureOfTokens
 
 CUDA = torch.cuda.is_available()
 MODEL_FIELDS = tuple(f.name for f in fields(GPTConfig) if f.name != "vocab_size")
@@ -74,7 +76,7 @@ DEFAULTS = dict(
     temperature_final=None,
     # system
     device="cuda" if CUDA else "cpu",
-    # "auto": the device's native dtype (kernels.native_dtype): bfloat16 on GPUs that compute in
+    # "auto": the device's native dtype (devices.native_dtype): bfloat16 on GPUs that compute in
     # it, float16 with a GradScaler on older ones (T4, V100), float32 on a CPU
     dtype="auto",
     compile=False, seed=1337,
@@ -89,6 +91,7 @@ MAY_CHANGE_ON_RESUME = ("out_dir", "init_from", "overwrite", "data_root", "devic
                         "always_save_checkpoint", "learning_rate", "decay_lr", "warmup_iters",
                         "lr_decay_iters", "min_lr", "grad_clip", "temperature_final",
                         "wandb_log", "wandb_project", "wandb_run_name")
+UPCYCLABLE = [key for key, ffn in FFNS.items() if ffn.upcyclable]  # --upcycle's choices
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -221,8 +224,8 @@ def validate(c: dict, world_size: int, ckpt_path: str) -> None:
          "must be 'discrete' or 'token_choice'"),
         ("transition", c["transition"] is None or c["init_from"] != "scratch",
          "converts a MoT run: give that run's out_dir as --init_from=DIR"),
-        ("upcycle", c["upcycle"] in (None, "mot", "moe", "mot_emit_softmax"),
-         "must be 'mot', 'moe' or 'mot_emit_softmax'"),
+        ("upcycle", c["upcycle"] is None or c["upcycle"] in UPCYCLABLE,
+         f"must be one of {', '.join(UPCYCLABLE)}"),
         ("upcycle", c["upcycle"] is None or c["init_from"] != "scratch",
          "grows a dense model: give its out_dir, or gpt2, as --init_from"),
         ("upcycle", c["upcycle"] is None or c["transition"] is None,
@@ -279,9 +282,9 @@ def resolve_dtype(settings: dict) -> None:
 
 
 def load_checkpoint(path: str, device: str):
-    """GPT.from_checkpoint, with its error as one line."""
+    """convert.from_checkpoint, with its error as one line."""
     try:
-        return GPT.from_checkpoint(path, device)
+        return convert.from_checkpoint(path, device)
     except ValueError as e:
         fail(str(e))
 
@@ -307,7 +310,7 @@ def load_source(init_from: str):
     if not is_pretrained(init_from):
         return load_checkpoint(os.path.join(init_from, "ckpt.pt"), "cpu")
     try:
-        model = GPT.from_pretrained(init_from)
+        model = convert.from_pretrained(init_from)
     except (ImportError, OSError, ValueError) as e:
         fail(f"--init_from={init_from}: {str(e).strip().splitlines()[0]}")
     return model.train(), dict(config={}, model_args=asdict(model.config), meta=None)
@@ -497,20 +500,19 @@ def setup_device(settings: dict, ddp: bool):
 
 def check_model(settings: dict, model: GPT) -> None:
     """The checks of the settings that need the model."""
-    mot_layers = model.ffns(MixtureOfTokens)
-    for layer in mot_layers:
-        if settings["batch_size"] % layer.group_size:
+    for block in model.transformer.h:  # the FFNs that mix groups of examples need whole groups
+        if settings["batch_size"] % block.ffn.group_size:
             fail(f"batch_size={settings['batch_size']} (the micro-batch of one step) must be a "
-                 f"multiple of group_size={layer.group_size}: MoT mixes groups of group_size "
-                 f"examples; change either")
+                 f"multiple of group_size={block.ffn.group_size}: {settings['ffn']} mixes groups "
+                 f"of group_size examples; change either")
     if settings["temperature_final"] is not None and (
-            not mot_layers or model.config.learnable_temperature):
+            not model.ffns(MixtureOfTokens) or model.config.learnable_temperature):
         fail("temperature_final anneals a fixed MoT temperature: use it with a MoT model and "
              "learnable_temperature=False")
 
 
 def print_summary(model: GPT, changes: dict, iter_num: int) -> None:
-    """The model's size and cost, what a resume changed, and a warning for a non-causal MoE."""
+    """The model's size and cost, what a resume changed, and a warning for a non-causal FFN."""
     model_config = model.config
     print(f"{model_config.ffn} GPT: {model.get_num_params() / 1e6:.2f}M parameters, "
           f"{model.get_num_active_params() / 1e6:.2f}M active per token, "
@@ -518,11 +520,13 @@ def print_summary(model: GPT, changes: dict, iter_num: int) -> None:
     if changes:
         print("resumed at iter {}, changed: {}".format(iter_num, ", ".join(
             f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())))
-    if not all(layer.causal for layer in model.ffns(MixtureOfExperts)):
-        print(f"warning: this MoE (moe_routing={model_config.moe_routing!r}, capacity_factor="
-              f"{model_config.capacity_factor}) is not causal: tokens compete for the experts "
-              f"with later positions, so its val loss is better than a language model's could "
-              f"be; a training baseline only (log.jsonl: causal false)", file=sys.stderr)
+    if not all(block.ffn.causal for block in model.transformer.h):
+        what = (f"this MoE (moe_routing={model_config.moe_routing!r}, capacity_factor="
+                f"{model_config.capacity_factor})" if model_config.ffn == "moe"
+                else f"this {model_config.ffn} model")
+        print(f"warning: {what} is not causal: tokens compete for the experts with later "
+              f"positions, so its val loss is better than a language model's could be; a "
+              f"training baseline only (log.jsonl: causal false)", file=sys.stderr)
 
 
 def restores_signal_handlers(function):
@@ -700,17 +704,15 @@ class RunLog:
         return lm_loss_value
 
     def write(self, iter_num: int, losses: dict, lr: float, elapsed_s: float) -> None:
-        """The evaluation's line (with MoE's aux loss, MoT's τ, and whether every layer is
-        causal). The line first, then the checkpoint: a resumed run drops the lines past its
-        checkpoint's iteration and writes them again, so no crash leaves a duplicate or gap."""
-        mot_layers = self.model.ffns(MixtureOfTokens)
-        moe_layers = self.model.ffns(MixtureOfExperts)
+        """The evaluation's line (with MoT's τ, and whether every layer is causal). The line
+        first, then the checkpoint: a resumed run drops the lines past its checkpoint's iteration
+        and writes them again, so no crash leaves a duplicate or gap."""
         record = dict(iter=iter_num, **losses, lr=lr, elapsed_s=elapsed_s,
                       tokens_per_s=self.tokens / self.seconds if self.seconds else None,
                       warmup_s=self.warmup_s,
-                      aux_loss=self.model.aux_loss.item() if moe_layers else None,
-                      temperature=[m.temperature.item() for m in mot_layers] or None,
-                      causal=all(layer.causal for layer in moe_layers))
+                      temperature=[m.temperature.item()
+                                   for m in self.model.ffns(MixtureOfTokens)] or None,
+                      causal=all(block.ffn.causal for block in self.model.transformer.h))
         if self.changes:
             record["changed_on_resume"], self.changes = self.changes, {}
         with open(self.path, "a") as f:
@@ -863,9 +865,9 @@ def build_model(settings: dict, source, meta: dict) -> GPT:
             fail(str(e))
     elif settings["init_from"] != "resume" and (settings["transition"] or settings["upcycle"]):
         try:  # transition tuning: the MoT converted to run unmixed; or the dense FFNs grown
-            model = (source.to_sparse(settings["transition"]) if settings["transition"] else
-                     source.upcycle(settings["upcycle"],
-                                    **{k: settings[k] for k in NEW_LAYER_FIELDS}))
+            model = (convert.to_sparse(source, settings["transition"]) if settings["transition"]
+                     else convert.upcycle(source, settings["upcycle"],
+                                          **{k: settings[k] for k in NEW_LAYER_FIELDS}))
         except ValueError as e:
             fail(f"{settings['init_from']}: {e}")
     else:
@@ -878,11 +880,12 @@ def build_model(settings: dict, source, meta: dict) -> GPT:
 @torch.no_grad()
 def evaluate(model, splits: dict, settings: dict, autocast, mot_layers: list,
              iter_num: int) -> dict:
-    """Mean LM loss (MoE aux loss excluded) over eval_iters batches, the same batches every time;
-    also MoT's merge-weight entropy (normalised to [0, 1]) per layer on the val batches. Prints
-    the losses; draws no random numbers."""
+    """Mean LM loss (aux losses excluded) over eval_iters batches, the same batches every time;
+    the layers' aux loss (MoE's load balancing) measured as the train loss is, on the train
+    batches (None for a model without one); MoT's merge-weight entropy (normalised to [0, 1]) per
+    layer on the val batches. Prints the losses; draws no random numbers."""
     model.eval()
-    result = {}
+    result, aux_losses = {}, torch.zeros(settings["eval_iters"])
     for split in ("train", "val"):
         losses = torch.zeros(settings["eval_iters"])
         entropies = torch.zeros(settings["eval_iters"], len(mot_layers))
@@ -890,8 +893,12 @@ def evaluate(model, splits: dict, settings: dict, autocast, mot_layers: list,
             with autocast:
                 _, loss = model(X, Y)
             losses[k] = loss.item()
+            if split == "train":
+                aux_losses[k] = model.aux_loss.item()
             entropies[k] = torch.tensor([m.merge_entropy() for m in mot_layers])
         result[f"{split}_loss"] = losses.mean().item()
+    has_aux_loss = any(block.ffn.aux_loss is not None for block in model.transformer.h)
+    result["aux_loss"] = aux_losses.mean().item() if has_aux_loss else None
     if mot_layers:
         result["merge_entropy"] = entropies.mean(0).tolist()
     model.train()

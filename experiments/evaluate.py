@@ -17,7 +17,6 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mot.py, train.py
-from mot import MixtureOfTokens  # noqa: E402
 from train import batch, eval_batches, fail, load_checkpoint, load_data  # noqa: E402
 
 
@@ -57,7 +56,7 @@ def main(argv=None) -> None:
         if not c["eval_iters"] > 0:
             fail("--eval_iters must be positive")
         splits = load_data(c["data_root"], c["dataset"], c["block_size"])[0]
-        group_size = max([m.group_size for m in model.ffns(MixtureOfTokens)], default=1)
+        group_size = max(block.ffn.group_size for block in model.transformer.h)
         generator = torch.Generator().manual_seed(c["seed"] + 2)  # apart from train/eval batches
         companions = (batch(splits["train"], group_size - 1, c["block_size"], generator,
                             args.device)[0] if group_size > 1

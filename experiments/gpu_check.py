@@ -17,13 +17,14 @@ Needs torch and numpy only: no data, no network, no pytest. MOT_GPU_CHECK_FAIL=<
 that section raise (the test of this script).
 
 The sections, cheapest and most telling first (SECTIONS below):
-  environment  torch, the GPU, kernels.py's view of it (native dtype, peak, grouped_mm's paths)
+  environment  torch, the GPU, what devices.py and moe_kernels.py make of it (native dtype, peak,
+               grouped_mm's paths)
   grouped_mm   MoE's grouped matmul in bf16/fp16/fp32 against float64, outputs and gradients;
-               whether it waits for the GPU, against kernels.grouped_mm_syncs's prediction
+               whether it waits for the GPU, against moe_kernels.grouped_mm_syncs's prediction
   layers       MoT and MoE layers on the device against reference.py's loops
   moe_memory   one MoE layer of the GPU recipe (64x256 tokens), forward+backward, fp16 and bf16
   train_step   a training step per FFN kind, native dtype and fp16 + GradScaler, in sync debug
-               mode "error": a wait for the GPU that kernels.py does not predict fails
+               mode "error": a wait for the GPU that moe_kernels.py does not predict fails
   kv_cache     greedy decoding with the KV cache equals recomputation, native dtype
   compile      torch.compile: graph breaks, unique graphs, the loss against eager
   recipe       ms/step and peak memory of the GPU shakespeare recipe, dense, MoT, MoE (eager)
@@ -51,7 +52,8 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 from torch._dynamo.utils import counters  # noqa: E402
 
-import kernels  # noqa: E402
+import devices  # noqa: E402
+import moe_kernels  # noqa: E402
 import reference  # noqa: E402
 import train  # noqa: E402
 from mot import GPT, GPTConfig, MixtureOfExperts, MixtureOfTokens  # noqa: E402
@@ -138,7 +140,7 @@ def rel_error(x: torch.Tensor, ref: torch.Tensor) -> float:
 def sync_site(run, device: torch.device) -> Optional[str]:
     """Runs run() with torch's sync debug mode "error" (on CUDA): None if nothing waited for the
     GPU, else where the first wait was called (the innermost frame in this repository's files,
-    e.g. "kernels.py:75"). A copy to the GPU waits too: run() must make none."""
+    e.g. "moe_kernels.py:75"). A copy to the GPU waits too: run() must make none."""
     if device.type != "cuda":  # a CPU has no GPU to wait for
         run()
         return None
@@ -205,8 +207,9 @@ def moe_widths(config: GPTConfig) -> tuple:
 
 
 def predicts_sync(device: torch.device, dtype: str, C: int, H: int) -> bool:
-    """kernels.grouped_mm_syncs for either of a MoE layer's products, (C -> H) or (H -> C)."""
-    return any(kernels.grouped_mm_syncs(device, DTYPES[dtype], k, n) for k, n in ((C, H), (H, C)))
+    """moe_kernels.grouped_mm_syncs for either of a MoE layer's products, (C -> H) or (H -> C)."""
+    return any(moe_kernels.grouped_mm_syncs(device, DTYPES[dtype], k, n)
+               for k, n in ((C, H), (H, C)))
 
 
 def training_step(model: GPT, optimizer, scaler, idx: torch.Tensor, dtype: str, grad_clip: float):
@@ -224,7 +227,7 @@ def timed_steps(config: GPTConfig, settings: dict, device: torch.device, warmup:
     optimizer of GPT.configure_optimizers, TF32): the peak memory of the warm-up steps (the
     first allocates the optimizer's state), then the ms of a step over `steps` (eager)."""
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    dtype = kernels.native_dtype(device)
+    dtype = devices.native_dtype(device)
     with device:  # drawn on the device: GPT-2 MoT's billion weights take a while on a CPU
         model = GPT(config)
     optimizer = model.configure_optimizers(settings["weight_decay"], settings["learning_rate"],
@@ -245,7 +248,7 @@ def timed_steps(config: GPTConfig, settings: dict, device: torch.device, warmup:
     dt = (time.perf_counter() - t0) / steps
     figures.update(ms=dt * 1e3, tokens_per_s=B * T / dt, batch=[B, T], dtype=dtype,
                    params_m=model.get_num_params() / 1e6)
-    peak = kernels.peak_flops(device, dtype)
+    peak = devices.peak_flops(device, dtype)
     if peak:
         figures["mfu"] = model.estimate_mfu(B, dt, peak)
     return figures
@@ -263,14 +266,14 @@ def check_environment(args, report: Report) -> None:
     report["capability"] = list(torch.cuda.get_device_capability(device)) if cuda else None
     report["memory_gb"] = (torch.cuda.get_device_properties(device).total_memory / 2**30
                            if cuda else None)
-    native = kernels.native_dtype(device)
-    report["native_dtype"], report["bf16_is_native"] = native, kernels.bf16_is_native(device)
-    peaks = {dtype: kernels.peak_flops(device, dtype) for dtype in ("bfloat16", "float16")}
+    native = devices.native_dtype(device)
+    report["native_dtype"], report["bf16_is_native"] = native, devices.bf16_is_native(device)
+    peaks = {dtype: devices.peak_flops(device, dtype) for dtype in ("bfloat16", "float16")}
     report["peak_tflops"] = {dtype: peak and peak / 1e12 for dtype, peak in peaks.items()}
     C, H = moe_widths(recipe(SHAKESPEARE["moe"], 65, args.tiny)[0])
     report["grouped_mm"] = {  # at the GPU recipe's widths: the two products of a MoE layer
-        f"{dtype} {k}x{n}": dict(runs=kernels.runs_grouped_mm(device, DTYPES[dtype], k, n),
-                                 syncs=kernels.grouped_mm_syncs(device, DTYPES[dtype], k, n))
+        f"{dtype} {k}x{n}": dict(runs=moe_kernels.runs_grouped_mm(device, DTYPES[dtype], k, n),
+                                 syncs=moe_kernels.grouped_mm_syncs(device, DTYPES[dtype], k, n))
         for dtype in DTYPES for k, n in ((C, H), (H, C))}
     report["headline"] = (f"torch {torch.__version__}, {report.figures['gpu'] or 'cpu'}, "
                           f"native {native}")
@@ -301,9 +304,9 @@ def check_grouped_mm(args, report: Report) -> None:
 
             def run():
                 a.grad = b.grad = None
-                kernels.grouped_mm(a, b, offsets_on).backward(grad_on)
+                moe_kernels.grouped_mm(a, b, offsets_on).backward(grad_on)
 
-            out = kernels.grouped_mm(a, b, offsets_on)
+            out = moe_kernels.grouped_mm(a, b, offsets_on)
             out.backward(grad_on)
             errors = dict(out=rel_error(out, ref.detach()), grad_a=rel_error(a.grad, a64.grad),
                           grad_b=rel_error(b.grad, b64.grad))
@@ -316,7 +319,7 @@ def check_grouped_mm(args, report: Report) -> None:
                          f"{dtype}: errors {errors} over {TOLERANCE[dtype]}")
             report.check(matches,
                          f"{dtype}: synced at {site}" if site else
-                         f"{dtype}: kernels.grouped_mm_syncs predicts a sync, none happened")
+                         f"{dtype}: moe_kernels.grouped_mm_syncs predicts a sync, none happened")
             headline.append(f"{dtype} err {max(errors.values()):.1e}" + (" syncs" if site else ""))
     report["headline"] = ", ".join(headline)
 
@@ -324,7 +327,7 @@ def check_grouped_mm(args, report: Report) -> None:
 def check_layers(args, report: Report) -> None:
     """The layers in float32 and the native dtype against the loops in float64 on the CPU, which
     run on the layer's weights and input rounded to that dtype."""
-    device, native = args.device, kernels.native_dtype(args.device)
+    device, native = args.device, devices.native_dtype(args.device)
     torch.manual_seed(0)
     x = torch.randn(8, 5, 64)
     # MoE's top-k is discontinuous: router logits that are a permutation of 0..E-1 per token
@@ -382,8 +385,9 @@ def check_moe_memory(args, report: Report) -> None:
 
 def check_train_step(args, report: Report) -> None:
     """Two steps per FFN kind and dtype; the second in sync debug mode "error". A sync is
-    expected only where kernels.grouped_mm_syncs predicts one for MoE, and only in kernels.py."""
-    device, native = args.device, kernels.native_dtype(args.device)
+    expected only where moe_kernels.grouped_mm_syncs predicts one for MoE, and only in
+    moe_kernels.py."""
+    device, native = args.device, devices.native_dtype(args.device)
     synced = []
     for kind in KINDS:
         for dtype in dict.fromkeys([native, "float16"]):
@@ -398,7 +402,7 @@ def check_train_step(args, report: Report) -> None:
                 expected = kind == "moe" and predicts_sync(device, dtype, 64, 128)
                 report[f"{kind} {dtype}"] = dict(synced=site is not None, sync_at=site,
                                                  expected_sync=expected)
-                report.check(site is None or (expected and site.startswith("kernels.py")),
+                report.check(site is None or (expected and site.startswith("moe_kernels.py")),
                              f"{kind} {dtype}: waits for the GPU at {site}")
                 if site:
                     synced.append(f"{kind} {dtype} at {site}" + (" (expected)" if expected else ""))
@@ -409,7 +413,7 @@ def check_kv_cache(args, report: Report) -> None:
     """Greedy decoding, native dtype. Where the two differ, the recomputed logits of the two
     tokens at the first difference must be a rounding tie (16-bit: different kernels round
     differently)."""
-    device, dtype = args.device, kernels.native_dtype(args.device)
+    device, dtype = args.device, devices.native_dtype(args.device)
     headline = []
     for kind in KINDS:
         with report.case(kind), torch.no_grad():
@@ -437,7 +441,7 @@ def check_kv_cache(args, report: Report) -> None:
 def check_compile(args, report: Report) -> None:
     """A forward+backward of each kind compiled, native dtype. --tiny compiles with aot_eager:
     the same graphs without inductor's code generation, minutes on a small CPU."""
-    device, dtype = args.device, kernels.native_dtype(args.device)
+    device, dtype = args.device, devices.native_dtype(args.device)
     backend = "aot_eager" if args.tiny else "inductor"
     report["backend"] = backend
     headline = []

@@ -29,7 +29,7 @@ import torch
 from study import ROOT, execute, mean_std, path, read_results
 
 sys.path.insert(0, ROOT)
-from mot import GPT  # noqa: E402
+import convert  # noqa: E402
 
 EXPERIMENT = dict(
     config="config/train_shakespeare_char_cpu.py", steps=2000, more=1000, seeds=[0, 1],
@@ -124,7 +124,7 @@ def table(S: dict) -> str:
 def step0(S: dict, directory: str, batches: int = 4) -> None:
     """For each upcycled target: each layer's relative distance ‖upcycled − dense‖/‖dense‖ on
     the dense model's own inputs to that layer, and the whole model's val loss, at step 0."""
-    dense, checkpoint = GPT.from_checkpoint(os.path.join(directory, "ckpt.pt"))
+    dense, checkpoint = convert.from_checkpoint(os.path.join(directory, "ckpt.pt"))
     cfg = checkpoint["config"]
     data = np.memmap(os.path.join(cfg["data_root"], cfg["dataset"], "val.bin"), dtype=np.uint16,
                      mode="r")
@@ -142,7 +142,7 @@ def step0(S: dict, directory: str, batches: int = 4) -> None:
             hook.remove()
         for name, upcycle, settings in targets(S)[1:]:
             torch.manual_seed(0)
-            model = dense.upcycle(upcycle, **settings)
+            model = convert.upcycle(dense, upcycle, **settings)
             distances = [((b.ffn(i) - d.ffn(i)).norm() / d.ffn(i).norm()).item()
                          for b, d, i in zip(model.transformer.h, dense.transformer.h, inputs)]
             loss = model(x, y)[1].item()

@@ -15,7 +15,8 @@ import torch
 
 import train
 from conftest import ROOT, TINY, read_log
-from mot import GPT, nonfinite
+from convert import from_checkpoint, nonfinite
+from mot import GPT
 from test_errors import error
 from test_runs import SLOW_SAVE, losses
 
@@ -162,7 +163,7 @@ def test_interrupted_at_random_instants_the_run_saves_there_and_resumes_exactly(
         assert stderr == (f"interrupted at iter {stopped_at[-1]}: saved {ckpt}; continue with "
                           f"--init_from=resume\n")
         assert not os.path.exists(f"{ckpt}.tmp")
-        assert GPT.from_checkpoint(str(ckpt))[1]["iter_num"] == stopped_at[-1]
+        assert from_checkpoint(str(ckpt))[1]["iter_num"] == stopped_at[-1]
     assert stopped_at == sorted(set(stopped_at)) and stopped_at[-1] < 80 and inside_save >= 3
     subprocess.run([sys.executable, "train.py", *args, f"--out_dir={out}", "--init_from=resume"],
                    cwd=ROOT, check=True, capture_output=True, env=env)

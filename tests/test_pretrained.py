@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+import convert
 import mot
 import sample
 import train
@@ -43,7 +44,7 @@ def test_from_pretrained_equals_transformers(gpt2_dir):
     """A GPT-2 saved by transformers loads with its settings (GELU, biases, vocab 50257) and gives
     transformers' logits to 1e-5; greedy decoding with the KV cache gives transformers' tokens."""
     hf, path = gpt2_dir
-    model = GPT.from_pretrained(path)
+    model = convert.from_pretrained(path)
     cfg = model.config
     assert (cfg.activation, cfg.bias, cfg.vocab_size, cfg.block_size, cfg.ffn) == \
         ("gelu", True, 50257, 16, "dense") and not model.training
@@ -62,9 +63,9 @@ def test_gpt2_size_maps_onto_the_gpt_shape_for_shape():
     from transformers import GPT2Config, GPT2LMHeadModel
     with torch.device("meta"):
         hf = GPT2LMHeadModel(GPT2Config())
-        model = GPT(mot.gpt2_config(hf.config))
+        model = GPT(convert.gpt2_config(hf.config))
     assert (model.config.n_layer, model.config.n_embd, model.config.block_size) == (12, 768, 1024)
-    state = mot.gpt2_state_dict(hf.state_dict())
+    state = convert.gpt2_state_dict(hf.state_dict())
     assert {k: v.shape for k, v in state.items()} == \
         {k: v.shape for k, v in model.state_dict().items()}
     assert model.get_num_params() == 123_653_376  # nanoGPT's "123.65M" for gpt2
@@ -74,14 +75,14 @@ def test_from_pretrained_refuses_what_it_cannot_run(tmp_path):
     from conftest import make_gpt2_dir
     make_gpt2_dir(tmp_path / "relu", activation_function="relu")
     with pytest.raises(ValueError, match="activation_function='relu'"):
-        GPT.from_pretrained(str(tmp_path / "relu"))
+        convert.from_pretrained(str(tmp_path / "relu"))
 
 
 def test_from_pretrained_without_transformers_names_the_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
-    with pytest.raises(ImportError, match="^GPT.from_pretrained needs .*: pip install "
+    with pytest.raises(ImportError, match="^convert.from_pretrained needs .*: pip install "
                                           "transformers$"):
-        GPT.from_pretrained("gpt2")
+        convert.from_pretrained("gpt2")
 
 
 def test_finetune_gpt2_trains_resumes_and_samples(gpt2_dir, bpe_data_root, tmp_path, capsys):

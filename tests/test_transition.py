@@ -1,9 +1,10 @@
-"""Transition tuning: GPT.to_sparse, temperature schedules, and runs started from
+"""Transition tuning: convert.to_sparse, temperature schedules, and runs started from
 a MoT."""
 
 import pytest
 import torch
 
+import convert
 import sample
 import train
 from mot import GPT, GPTConfig, MixtureOfExperts
@@ -27,7 +28,7 @@ def test_to_sparse_copies_weights(routing):
     """Every tensor of the converted model equals its source exactly, in its own storage; the
     token-choice router is the controller over τ, the logits MoT's softmax saw."""
     model = trained_like_mot(learnable_temperature=True, temperature=0.3)
-    sparse = model.to_sparse(routing)
+    sparse = convert.to_sparse(model, routing)
     source = model.state_dict()
     storages = {tensor.data_ptr() for tensor in source.values()}
     for name, tensor in sparse.state_dict().items():
@@ -49,7 +50,7 @@ def test_token_choice_sequence_ignores_the_rest_of_the_batch():
     idx = torch.randint(0, 11, (8, 8), generator=torch.Generator().manual_seed(1))
     other = idx.clone()
     other[1:] = torch.randint(0, 11, (7, 8), generator=torch.Generator().manual_seed(2))
-    for m, independent in ((model, False), (model.to_sparse("token_choice"), True)):
+    for m, independent in ((model, False), (convert.to_sparse(model, "token_choice"), True)):
         a, _ = m(idx, idx)
         b, _ = m(other, other)
         assert torch.equal(a[0], b[0]) == independent
@@ -59,7 +60,7 @@ def test_discrete_conversion_equals_the_small_temperature_limit():
     """to_sparse("discrete") computes what the MoT computes as τ → 0 (on inputs without ties)."""
     idx = torch.randint(0, 11, (8, 8), generator=torch.Generator().manual_seed(3))
     idx[:, 0] = torch.arange(8)  # distinct prefixes: no two tokens of a group are equal, so no ties
-    discrete, _ = trained_like_mot().to_sparse("discrete")(idx, idx)
+    discrete, _ = convert.to_sparse(trained_like_mot(), "discrete")(idx, idx)
     errors = [(trained_like_mot(temperature=t)(idx, idx)[0] - discrete).abs().max().item()
               for t in (1.0, 1e-2, 1e-4)]
     assert errors[0] > 1e-2 and errors[2] < 1e-5 and errors[0] > errors[1] > errors[2]
@@ -67,9 +68,9 @@ def test_discrete_conversion_equals_the_small_temperature_limit():
 
 def test_to_sparse_rejects_what_it_cannot_convert():
     with pytest.raises(ValueError, match="ffn='dense'"):
-        GPT(GPTConfig(**{**CONFIG, "ffn": "dense"})).to_sparse("discrete")
+        convert.to_sparse(GPT(GPTConfig(**{**CONFIG, "ffn": "dense"})), "discrete")
     with pytest.raises(ValueError, match="routing='soft'"):
-        trained_like_mot().to_sparse("soft")
+        convert.to_sparse(trained_like_mot(), "soft")
 
 
 def test_annealing_schedule_hits_both_ends():

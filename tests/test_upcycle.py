@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+import convert
 import sample
 import train
 from mot import GPT, GPTConfig, MixtureOfExperts, MixtureOfTokens
@@ -36,7 +37,7 @@ def test_moe_of_copies_is_the_dense_ffn_times_its_gates(bias, top_k):
     its top-k gates (top-1: its gate), exactly up to rounding; the rest of the model is the
     source's, tensor for tensor."""
     dense = trained_like_dense(bias=bias)
-    moe = dense.upcycle("moe", n_experts=4, moe_top_k=top_k, n_dense_layers=1)
+    moe = convert.upcycle(dense, "moe", n_experts=4, moe_top_k=top_k, n_dense_layers=1)
     x = block_input()
     layer, ffn = moe.transformer.h[1].ffn, dense.transformer.h[1].ffn
     assert isinstance(layer, MixtureOfExperts) and layer.w1.shape == (4, C, 4 * C)
@@ -58,7 +59,7 @@ def test_mot_of_copies_or_slices_at_a_zero_controller_is_the_dense_ffn_of_the_gr
     FFN of its group's mean token. With groups of one, any controller gives the dense FFN times
     E/k."""
     dense = trained_like_dense(bias=bias)
-    mot = dense.upcycle("mot", n_experts=n_experts, group_size=group_size,
+    mot = convert.upcycle(dense, "mot", n_experts=n_experts, group_size=group_size,
                         expert_size=expert_size)
     layer, ffn = mot.transformer.h[0].ffn, dense.transformer.h[0].ffn
     x = block_input()
@@ -67,7 +68,8 @@ def test_mot_of_copies_or_slices_at_a_zero_controller_is_the_dense_ffn_of_the_gr
     means = x.view(-1, group_size, 8, C).mean(1, keepdim=True).expand(-1, group_size, -1, -1)
     torch.testing.assert_close(layer(x), ffn(means.reshape(x.shape)), rtol=1e-12, atol=1e-12)
     k = 4 * C // expert_size
-    single = dense.upcycle("mot", n_experts=n_experts, group_size=1, expert_size=expert_size)
+    single = convert.upcycle(dense, "mot", n_experts=n_experts, group_size=1,
+                             expert_size=expert_size)
     torch.testing.assert_close(single.transformer.h[0].ffn(x), n_experts / k * ffn(x),
                                rtol=1e-12, atol=1e-12)
 
@@ -76,7 +78,7 @@ def test_upcycled_mot_at_its_controller_init_is_near_the_dense_ffn():
     """At the controller's init (1/sqrt(C)) the upcycled MoT is not the dense FFN, but its
     output stays within the README's figure of it: relative distance below 1."""
     dense = trained_like_dense()
-    layer = dense.upcycle("mot", n_experts=16, group_size=4).transformer.h[0].ffn
+    layer = convert.upcycle(dense, "mot", n_experts=16, group_size=4).transformer.h[0].ffn
     x = block_input()
     ffn = dense.transformer.h[0].ffn
     distance = (layer(x) - ffn(x)).norm() / ffn(x).norm()
@@ -93,7 +95,7 @@ def test_upcycled_mot_at_its_controller_init_is_near_the_dense_ffn():
 ])
 def test_upcycle_refuses(source, ffn, settings, message):
     with pytest.raises(ValueError, match=message):
-        GPT(GPTConfig(**{**DENSE, **source})).upcycle(ffn, **settings)
+        convert.upcycle(GPT(GPTConfig(**{**DENSE, **source})), ffn, **settings)
 
 
 @pytest.mark.parametrize("upcycle, flags", [("mot", ["--n_experts=8", "--expert_size=32"]),
@@ -130,6 +132,6 @@ def test_upcycle_gpt2_into_mot(gpt2_dir, bpe_data_root, tmp_path):
                        f"--out_dir={tmp_path / 'out'}", f"--init_from={path}", "--upcycle=mot",
                        "--max_iters=2", "--dropout=0.0"])
     log = [json.loads(line) for line in open(tmp_path / "out" / "log.jsonl")]
-    model, _ = GPT.from_checkpoint(str(tmp_path / "out" / "ckpt.pt"))
+    model, _ = convert.from_checkpoint(str(tmp_path / "out" / "ckpt.pt"))
     assert isinstance(model.transformer.h[0].ffn, MixtureOfTokens)
     assert model.config.expert_bias and model.config.activation == "gelu" and len(log) == 2

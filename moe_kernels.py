@@ -1,11 +1,10 @@
 """
-What runs fast where, for mot.py and the scripts; a reader of the model can skip this file.
+MoE's expert products, for mot.py; a reader of the model can skip this file. (Not kernels.py:
+transformers imports a package of that name.)
 
-- grouped_mm(a, b, offsets): MoE's expert products. A token-choice MoE gives each expert a
-  different number of tokens; sorted by expert, the tokens of expert e are rows
-  offsets[e-1]:offsets[e], and one call multiplies each run of rows by its expert's matrix.
-- native_dtype(device): the dtype a device trains in without emulation.
-- peak_flops(device, dtype): the peak of the GPU present, for the MFU (None: not known).
+grouped_mm(a, b, offsets): a token-choice MoE gives each expert a different number of tokens;
+sorted by expert, the tokens of expert e are rows offsets[e-1]:offsets[e], and one call multiplies
+each run of rows by its expert's matrix.
 
 Where torch's grouped_mm runs (read in PyTorch's source, aten/src/ATen/native/cuda/GroupedBlas.cpp
 and GroupedMMUtils.h; its docs say only "bfloat16 on SM >= 80"): on a CPU and on CUDA it takes
@@ -15,9 +14,6 @@ groups with the offsets copied to the host, a wait for the GPU in every call (gr
 Both are linear in memory. Elsewhere (float64, other widths or devices) grouped_mm below loops
 over the experts' row ranges itself, also linear in memory.
 """
-
-import re
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -80,38 +76,3 @@ def grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch
     ends = offsets.tolist()
     return torch.cat([a[start:end] @ b[g]
                       for g, (start, end) in enumerate(zip([0] + ends[:-1], ends))])
-
-
-def bf16_is_native(device: torch.device) -> bool:
-    """Whether the GPU computes in bfloat16 natively (compute capability 8.0 or newer: A100, A10,
-    L4, RTX 30xx/40xx, H100). Older GPUs (T4, V100) emulate it slowly, and torch.compile fails on
-    it there; torch.cuda.is_bf16_supported() counts that emulation as support."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
-
-
-def native_dtype(device) -> str:
-    """The dtype to train and sample in on `device` (a torch.device or a string such as
-    "cuda:1"): bfloat16 where the GPU runs it natively, else float16 (with a GradScaler in
-    training), and float32 off CUDA (a CPU emulates both 16-bit types slowly)."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return "float32"
-    return "bfloat16" if bf16_is_native(device) else "float16"
-
-
-# Dense 16-bit tensor-core peaks (no sparsity) from NVIDIA's data sheets, by a pattern of
-# torch.cuda.get_device_name; the first that matches counts.
-GPU_PEAK_TFLOPS = [(r"H200", 989), (r"H100 PCIe", 756), (r"H100", 989), (r"A100", 312),
-                   (r"\bA10\b", 125), (r"\bL4\b", 121), (r"4090", 165), (r"V100-PCIE", 112),
-                   (r"V100", 125), (r"\bT4\b", 65)]
-
-
-def peak_flops(device, dtype: str) -> Optional[float]:
-    """The GPU's peak FLOPS in 16-bit dtypes, for the MFU; None for float32, a CPU, or a GPU not
-    in GPU_PEAK_TFLOPS (no MFU is better than a wrong one)."""
-    device = torch.device(device)
-    if device.type != "cuda" or dtype not in ("bfloat16", "float16"):
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((tflops * 1e12 for pattern, tflops in GPU_PEAK_TFLOPS
-                 if re.search(pattern, name)), None)
