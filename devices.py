@@ -1,13 +1,38 @@
 """
 What each device runs natively, for train.py, sample.py, bench.py and the GPU check:
-native_dtype(device), the dtype to train and sample in, and peak_flops(device, dtype), the peak
-of the GPU present for the MFU.
+device_problem(device), what is wrong with a device this machine does not have;
+native_dtype(device), the dtype to train and sample in; peak_flops(device, dtype), the peak of
+the GPU present, for the MFU.
 """
 
 import re
 from typing import Optional
 
 import torch
+
+
+def device_here(device: str) -> bool:
+    """Whether this machine has `device` (cpu, cuda, cuda:N): the devices the scripts run on."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        return False
+    return device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_available()
+                                    and (device.index or 0) < torch.cuda.device_count())
+
+
+def device_problem(device: str) -> Optional[str]:
+    """None for a device here, else what is wrong with it and the fix (the caller names the
+    setting before it)."""
+    if device_here(device):
+        return None
+    kind = str(device).split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        return "CUDA is not available on this machine; use --device=cpu"
+    if kind == "cuda":
+        count = torch.cuda.device_count()
+        return f"this machine has {count} GPUs, cuda:0 to cuda:{count - 1}; use one of them"
+    return "use cpu, cuda or cuda:N (the devices these scripts run on)"
 
 
 def bf16_is_native(device: torch.device) -> bool:

@@ -25,7 +25,7 @@ import tiktoken
 import torch
 
 import convert
-from devices import native_dtype
+from devices import device_problem, native_dtype
 from mot import GPT
 
 
@@ -101,12 +101,10 @@ def main(argv: Optional[list] = None) -> None:
     for name, holds, rule in rules:
         if not holds:
             fail(f"--{name}={getattr(args, name)}: {rule}")
-    try:
-        device_type = torch.device(args.device).type
-    except RuntimeError:
-        fail(f"--device={args.device!r}: use cpu, cuda or cuda:N")
-    if device_type == "cuda" and not torch.cuda.is_available():
-        fail(f"--device={args.device}: CUDA is not available on this machine; use --device=cpu")
+    problem = device_problem(args.device)
+    if problem:
+        fail(f"--device={args.device}: {problem}")
+    device_type = torch.device(args.device).type
     dtype = args.dtype or native_dtype(args.device)
 
     torch.manual_seed(args.seed)

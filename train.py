@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from devices import bf16_is_native, native_dtype, peak_flops
+from devices import bf16_is_native, device_here, device_problem, native_dtype, peak_flops
 import convert
 from convert import TRUNK_FIELDS, nonfinite
 from mot import FFNS, GPT, GPTConfig, MixtureOfTokens
@@ -192,7 +192,9 @@ def settings_from_checkpoint(c: dict, given: set, checkpoint: dict, path: str, k
 
 def validate(c: dict, world_size: int, ckpt_path: str) -> None:
     """Every check of the settings that needs neither data nor model (nothing is written yet)."""
-    check_device(c["device"])
+    problem = device_problem(c["device"])
+    if problem:
+        fail(f"device={c['device']!r}: {problem}")
     rules = [  # (setting, holds, what it must be)
         ("batch_size", c["batch_size"] >= 1, "must be >= 1"),
         ("gradient_accumulation_steps", c["gradient_accumulation_steps"] >= 1
@@ -225,7 +227,7 @@ def validate(c: dict, world_size: int, ckpt_path: str) -> None:
         ("transition", c["transition"] is None or c["init_from"] != "scratch",
          "converts a MoT run: give that run's out_dir as --init_from=DIR"),
         ("upcycle", c["upcycle"] is None or c["upcycle"] in UPCYCLABLE,
-         f"must be one of {', '.join(UPCYCLABLE)}"),
+         f"must be one of {', '.join(map(repr, UPCYCLABLE))}"),
         ("upcycle", c["upcycle"] is None or c["init_from"] != "scratch",
          "grows a dense model: give its out_dir, or gpt2, as --init_from"),
         ("upcycle", c["upcycle"] is None or c["transition"] is None,
@@ -249,29 +251,6 @@ def validate(c: dict, world_size: int, ckpt_path: str) -> None:
     if c["init_from"] != "resume" and os.path.exists(ckpt_path) and not c["overwrite"]:
         fail(f"{ckpt_path} holds a run: continue it with --init_from=resume, or delete it and "
              f"start over with --overwrite=True")
-
-
-def device_here(device: str) -> bool:
-    """Whether this machine has `device` (cpu, cuda, cuda:N)."""
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        return False
-    return device.type == "cpu" or (device.type == "cuda" and CUDA
-                                    and (device.index or 0) < torch.cuda.device_count())
-
-
-def check_device(device: str) -> None:
-    """One line naming the fix for a device this machine does not have."""
-    if device_here(device):
-        return
-    kind = device.split(":")[0]
-    if kind == "cuda" and not CUDA:
-        fail(f"device={device!r}: CUDA is not available on this machine; use --device=cpu")
-    if kind == "cuda":
-        fail(f"device={device!r}: this machine has {torch.cuda.device_count()} GPUs, cuda:0 to "
-             f"cuda:{torch.cuda.device_count() - 1}; use one of them")
-    fail(f"device={device!r}: use cpu, cuda or cuda:N (the devices train.py runs on)")
 
 
 def resolve_dtype(settings: dict) -> None:

@@ -168,7 +168,7 @@ def test_each_gpu_trains_in_its_native_dtype_and_never_compiles_emulated_bfloat1
     """With a GPU of each capability (faked): the default dtype is bfloat16 where the GPU
     computes in it, else float16; bfloat16 asked for on an older GPU warns, and with
     torch.compile is refused in one line naming float16."""
-    monkeypatch.setattr(train, "CUDA", True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     settings, _ = train.configure(["--device=cuda", f"--out_dir={tmp_path}"])
