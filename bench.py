@@ -31,7 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import train
-from devices import native_dtype
+from devices import device_problem, native_dtype
 from mot import GPT, MLP, GPTConfig, MixtureOfExperts, MixtureOfTokens, experts
 
 
@@ -149,7 +149,7 @@ def sampling(args) -> None:
                 print(f"{name:<28} {seconds[kv_cache]:9.2f} {tokens_per_s:10,.0f} {speedup:>15}")
 
 
-def main(args) -> None:
+def layers(args) -> None:
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
     autocast = (nullcontext() if dtype == torch.float32
@@ -406,32 +406,71 @@ def memory() -> None:
               f"MoE: {grouped_mm}")
 
 
-parser = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("--device", default="cpu")
-parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                    help="default: the device's native dtype (devices.native_dtype)")
-parser.add_argument("--compile", action="store_true", help="torch.compile each timed step")
-parser.add_argument("--batch_size", type=int, default=64)
-parser.add_argument("--seq_len", type=int, default=128)
-parser.add_argument("--C", type=int, nargs="+", default=[128, 256, 512])
-parser.add_argument("--E", type=int, nargs="+", default=[8, 32, 128])
-parser.add_argument("--G", type=int, nargs="+", default=[8, 32])
-parser.add_argument("--warmup", type=int, default=2)
-parser.add_argument("--reps", type=int, default=5)
-parser.add_argument("--sampling", action="store_true",
-                    help="time GPT.generate with and without the KV cache instead")
-parser.add_argument("--step", action="store_true",
-                    help="time the whole training step of each FFN kind instead")
-parser.add_argument("--rounds", type=int, default=7, help="--step: interleaved rounds")
-parser.add_argument("--shape", choices=["cpu", "gpu", "both"], default="both",
-                    help="--step: the CPU recipe's model shape, the GPU recipe's, or both")
-parser.add_argument("--memory", action="store_true",
-                    help="estimate each recipe's peak GPU memory (both 16-bit dtypes) instead")
-parser.add_argument("--tiny", action="store_true", help="tiny sizes, to check that the script runs")
+# --tiny: the flags it sets when they are not given, and tiny models for --step and --sampling
+TINY = dict(C=[16], E=[4], G=[2], batch_size=4, seq_len=8, warmup=1, reps=1, rounds=2)
 
-if __name__ == "__main__":
-    args = parser.parse_args()
+
+def fail(message: str):
+    raise SystemExit(f"error: {message}")
+
+
+def parse(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="default: the device's native dtype (devices.native_dtype)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each timed step")
+    parser.add_argument("--batch_size", type=int, default=64,
+                        help="the layer grid's; a multiple of every --G")
+    parser.add_argument("--seq_len", type=int, default=128, help="the layer grid's")
+    parser.add_argument("--C", type=int, nargs="+", default=[128, 256, 512],
+                        help="the layer grid's widths")
+    parser.add_argument("--E", type=int, nargs="+", default=[8, 32, 128],
+                        help="the layer grid's expert counts")
+    parser.add_argument("--G", type=int, nargs="+", default=[8, 32],
+                        help="the layer grid's MoT group sizes")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=5)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--sampling", action="store_true",
+                      help="time GPT.generate with and without the KV cache instead")
+    mode.add_argument("--step", action="store_true",
+                      help="time the whole training step of each FFN kind instead")
+    mode.add_argument("--memory", action="store_true",
+                      help="estimate each recipe's peak GPU memory (both 16-bit dtypes) instead")
+    parser.add_argument("--rounds", type=int, default=7, help="--step: interleaved rounds")
+    parser.add_argument("--shape", choices=["cpu", "gpu", "both"], default="both",
+                        help="--step: the CPU recipe's model shape, the GPU recipe's, or both")
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny sizes, to check that the script runs: tiny models for --step "
+                             "and --sampling, and those of TINY for the flags not given (--C 16 "
+                             "--E 4 --G 2 --batch_size=4 --seq_len=8 --warmup=1 --reps=1 "
+                             "--rounds=2)")
+    parser.error = lambda message: fail(f"{message} (see --help)")
+    args = parser.parse_args(argv)
+    if args.tiny:  # the flags given win over TINY
+        parser.set_defaults(**TINY)
+        args = parser.parse_args(argv)
+    for name in ("batch_size", "seq_len", "reps", "rounds", "C", "E", "G"):
+        values = getattr(args, name)
+        bad = [v for v in (values if isinstance(values, list) else [values]) if v < 1]
+        if bad:
+            fail(f"--{name}={bad[0]}: must be >= 1")
+    if args.warmup < 0:
+        fail(f"--warmup={args.warmup}: must be >= 0")
+    for G in args.G:
+        if args.batch_size % G:
+            fail(f"--batch_size={args.batch_size} is not a multiple of --G {G}: MoT mixes the "
+                 f"batch in groups of G; give a batch_size that every --G divides")
+        for C in args.C:
+            for E in args.E:
+                if 4 * C * G % E:
+                    fail(f"--C {C} --E {E} --G {G}: MoT's FLOP-matched expert width 4·C·G/E = "
+                         f"{4 * C * G}/{E} is not an integer; give an E that divides it")
+    problem = device_problem(args.device)
+    if problem:
+        fail(f"--device={args.device}: {problem}")
     args.dtype = args.dtype or native_dtype(args.device)
     # sampling and --step: the GPU recipe's shape (config/train_shakespeare_char*.py); --step also
     # the CPU recipe's (config/train_shakespeare_char_cpu*.py), with a batch a CPU can time
@@ -446,15 +485,22 @@ if __name__ == "__main__":
                       "mot E=32 G=8": dict(ffn="mot", n_experts=32, group_size=8),
                       "moe top-1 E=8": dict(ffn="moe", n_experts=8, moe_top_k=1)}
     if args.tiny:
-        args.C, args.E, args.G = [16], [4], [2]
-        args.batch_size, args.seq_len, args.warmup, args.reps, args.rounds = 4, 8, 1, 1, 2
         args.sampling_model = dict(n_layer=1, n_head=2, n_embd=16, block_size=8)
         args.sampling_ffns = dict(dense={}, mot=dict(n_experts=4, group_size=2),
                                   moe=dict(n_experts=4, moe_top_k=1))
         args.step_shapes = [("tiny", args.sampling_model, 4)]
         args.step_ffns = {"dense": {}, "mot E=4 G=2": dict(ffn="mot", n_experts=4, group_size=2),
                           "moe top-1 E=4": dict(ffn="moe", n_experts=4, moe_top_k=1)}
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse(argv)
     if args.memory:
         memory()
     else:
-        sampling(args) if args.sampling else step(args) if args.step else main(args)
+        sampling(args) if args.sampling else step(args) if args.step else layers(args)
+
+
+if __name__ == "__main__":
+    main()

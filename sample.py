@@ -29,18 +29,40 @@ from devices import device_problem, native_dtype
 from mot import GPT
 
 
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # --init_from's, from the hub
+
+
 def fail(message: str):
     raise SystemExit(f"error: {message}")
 
 
-def load_tokenizer(meta: dict) -> Tuple[Callable[[str], list], Callable[[list], str]]:
-    """encode and decode for the tokenizer named in a dataset's meta.json."""
-    if meta["tokenizer"] == "gpt2":
-        enc = tiktoken.get_encoding("gpt2")
+def load_tokenizer(meta: dict, source: str) -> Tuple[Callable[[str], list],
+                                                   Callable[[list], str]]:
+    """encode and decode for the tokenizer named in a dataset's meta.json, as `source` (a
+    checkpoint) holds it; a meta.json that cannot decode every id of its vocab_size fails."""
+    tokenizer = meta.get("tokenizer") if isinstance(meta, dict) else None
+    if tokenizer == "gpt2":
+        try:
+            enc = tiktoken.get_encoding("gpt2")
+        except OSError as e:  # tiktoken downloads GPT-2's files on first use
+            fail(f"cannot get tiktoken's GPT-2 BPE ({type(e).__name__}): connect to the network "
+                 f"once, or set TIKTOKEN_CACHE_DIR to a folder holding its files")
         return (lambda s: enc.encode(s, allowed_special={"<|endoftext|>"}),
                 # ids of the padded vocabulary beyond GPT-2's decode to nothing
                 lambda ids: enc.decode([i for i in ids if i < enc.n_vocab]))
-    stoi = {ch: i for i, ch in enumerate(meta["chars"])}
+    chars = meta.get("chars") if tokenizer == "char" else None
+    retrain = "prepare its dataset again (data/<dataset>/prepare.py) and train on it"
+    if tokenizer != "char":
+        fail(f"{source}: its meta.json has tokenizer {tokenizer!r}, not 'char' or 'gpt2': "
+             f"{retrain}")
+    if not (isinstance(chars, list) and all(isinstance(ch, str) and len(ch) == 1
+                                            for ch in chars)):
+        fail(f"{source}: its meta.json (tokenizer 'char') has no list of chars to decode with: "
+             f"{retrain}")
+    if len(chars) != meta.get("vocab_size"):
+        fail(f"{source}: its meta.json has vocab_size={meta.get('vocab_size')} but {len(chars)} "
+             f"chars, one per token id: {retrain}")
+    stoi = {ch: i for i, ch in enumerate(chars)}
 
     def encode(s: str) -> list:
         unknown = sorted(set(s) - stoi.keys())
@@ -49,7 +71,7 @@ def load_tokenizer(meta: dict) -> Tuple[Callable[[str], list], Callable[[list], 
                  f"remove them")
         return [stoi[ch] for ch in s]
 
-    return encode, lambda ids: "".join(meta["chars"][i] for i in ids)
+    return encode, lambda ids: "".join(chars[i] for i in ids)
 
 
 def companions(model: GPT, checkpoint: dict, num_samples: int, length: int,
@@ -62,13 +84,20 @@ def companions(model: GPT, checkpoint: dict, num_samples: int, length: int,
         return None
     path = os.path.join(checkpoint["config"]["data_root"], checkpoint["config"]["dataset"],
                         "train.bin")
-    if not os.path.exists(path) or os.path.getsize(path) // 2 <= length:
+    if not os.path.isfile(path) or os.path.getsize(path) // 2 <= length:
         print(f"note: no training text at {path} to fill the MoT group of {group_size}: padding "
               f"with {count} zero rows instead, which changes the samples")
         return None
+    damaged = "prepare that dataset again, or use --no-companions"
+    if os.path.getsize(path) % 2:
+        fail(f"{path} has {os.path.getsize(path)} bytes, not whole uint16 tokens: {damaged}")
     data = np.memmap(path, dtype=np.uint16, mode="r")
     starts = torch.randint(len(data) - length, (count,), generator=generator).tolist()
-    return torch.stack([torch.from_numpy(data[i:i + length].astype(np.int64)) for i in starts])
+    windows = torch.stack([torch.from_numpy(data[i:i + length].astype(np.int64)) for i in starts])
+    if int(windows.max()) >= model.config.vocab_size:
+        fail(f"{path} holds token id {int(windows.max())}, but the model's vocab_size is "
+             f"{model.config.vocab_size}: not the data it trained on; {damaged}")
+    return windows
 
 
 def main(argv: Optional[list] = None) -> None:
@@ -93,6 +122,7 @@ def main(argv: Optional[list] = None) -> None:
                              "in it, float16 on older ones, float32 on a CPU)")
     parser.add_argument("--companions", action=argparse.BooleanOptionalAction, default=True,
                         help="MoT: fill a partial group with training text (else zero rows)")
+    parser.error = lambda message: fail(f"{message} (see --help)")
     args = parser.parse_args(argv)
     rules = [("num_samples", args.num_samples >= 1, "must be >= 1"),
              ("max_new_tokens", args.max_new_tokens >= 0, "must be >= 0"),
@@ -104,21 +134,17 @@ def main(argv: Optional[list] = None) -> None:
     problem = device_problem(args.device)
     if problem:
         fail(f"--device={args.device}: {problem}")
-    device_type = torch.device(args.device).type
-    dtype = args.dtype or native_dtype(args.device)
-
-    torch.manual_seed(args.seed)
-    try:
-        if args.init_from == "resume":
-            model, checkpoint = convert.from_checkpoint(os.path.join(args.out_dir, "ckpt.pt"),
-                                                        args.device)
-        else:  # GPT-2: dense, so no MoT group to fill with training text
-            model = convert.from_pretrained(args.init_from).to(args.device)
-            checkpoint = dict(meta=dict(tokenizer="gpt2"))
-    except (ImportError, OSError, ValueError) as e:
-        fail(str(e).strip().splitlines()[0])
-    encode, decode = load_tokenizer(checkpoint["meta"])
-
+    ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
+    if args.init_from == "resume" and os.path.isfile(os.path.join(args.out_dir, "config.json")):
+        fail(f"--out_dir={args.out_dir} holds a GPT-2 saved by transformers, not a run of "
+             f"train.py: sample it with --init_from={args.out_dir}")
+    if args.init_from != "resume" and os.path.isfile(os.path.join(args.init_from, "ckpt.pt")):
+        fail(f"--init_from={args.init_from} is a run of train.py: sample it with "
+             f"--out_dir={args.init_from}")
+    if args.init_from not in ("resume",) + GPT2_NAMES and not os.path.isfile(
+            os.path.join(args.init_from, "config.json")):
+        fail(f"--init_from={args.init_from}: use resume (the run in --out_dir), "
+             f"{', '.join(GPT2_NAMES)} or a directory saved by transformers (with config.json)")
     start = args.start
     if start.startswith("FILE:"):
         try:
@@ -128,6 +154,20 @@ def main(argv: Optional[list] = None) -> None:
             fail(f"--start={args.start}: the file is not UTF-8 text; save it as UTF-8")
         except OSError as e:
             fail(f"--start={args.start}: cannot read the file ({e.strerror})")
+    device_type = torch.device(args.device).type
+    dtype = args.dtype or native_dtype(args.device)
+
+    torch.manual_seed(args.seed)
+    try:
+        if args.init_from == "resume":
+            model, checkpoint = convert.from_checkpoint(ckpt_path, args.device)
+        else:  # GPT-2: dense, so no MoT group to fill with training text
+            model = convert.from_pretrained(args.init_from).to(args.device)
+            checkpoint = dict(meta=dict(tokenizer="gpt2"))
+    except (ImportError, OSError, ValueError) as e:
+        fail(str(e).strip().splitlines()[0])
+    encode, decode = load_tokenizer(checkpoint["meta"], ckpt_path)
+
     ids = encode(start)
     if not ids:
         fail("--start is empty: give at least one token of prompt")

@@ -2,9 +2,13 @@
 
 import json
 import os
+import shutil
+import tempfile
 import urllib.request
+from contextlib import contextmanager
 
 import numpy as np
+import tiktoken
 
 # GPT-2's 50257 tokens padded up to a multiple of 64 for faster matmuls; ids >= 50257 never occur.
 GPT2_PADDED_VOCAB = 50304
@@ -12,22 +16,71 @@ SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/d
                    "tinyshakespeare/input.txt")
 
 
+def fail(message: str):
+    raise SystemExit(f"error: {message}")
+
+
 def read_or_download(path: str, url: str = SHAKESPEARE_URL) -> str:
     """The text at `path`, downloading it from `url` first when the file is missing."""
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         print(f"downloading {url} -> {path}")
         try:
-            urllib.request.urlretrieve(url, path + ".tmp")
+            with urllib.request.urlopen(url) as response:
+                data = response.read()
         except OSError as e:
-            raise SystemExit(f"error: could not download {url} ({e}).\n"
-                             f"Download it by other means and put it at {path}, "
-                             f"then run this script again.")
-        os.replace(path + ".tmp", path)
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+            fail(f"could not download {url} ({e}): download it by other means and put it at "
+                 f"{path}, then run this script again")
+        with staged(os.path.dirname(path)) as folder:
+            with open(os.path.join(folder, os.path.basename(path)), "wb") as f:
+                f.write(data)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        fail(f"{path} is not UTF-8 text: save it as UTF-8 (or delete it to download "
+             f"TinyShakespeare again)")
+    except IsADirectoryError:
+        fail(f"{path} is a directory: put the text to train on there as a file")
+    except OSError as e:
+        fail(f"cannot read {path} ({e.strerror}): put the text to train on there")
     if not text:
-        raise SystemExit(f"error: {path} is empty: put the text to train on there")
+        fail(f"{path} is empty: put the text to train on there")
     return text
+
+
+def gpt2_encoding() -> tiktoken.Encoding:
+    """tiktoken's GPT-2 BPE, which it downloads on first use."""
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except OSError as e:
+        fail(f"cannot get tiktoken's GPT-2 BPE ({type(e).__name__}): connect to the network "
+             f"once, or set TIKTOKEN_CACHE_DIR to a folder holding its files")
+
+
+@contextmanager
+def staged(out_dir: str):
+    """A new folder inside out_dir to write files in; when the block ends, they replace their
+    namesakes in out_dir together. A prepare that fails or is interrupted leaves out_dir's files
+    as they were, never a half-written train.bin, val.bin or meta.json that looks whole; an
+    unwritable out_dir or a full disk is one line."""
+    try:
+        folder = tempfile.mkdtemp(prefix=".prepare-", dir=out_dir or ".")
+    except OSError as e:
+        fail(f"cannot write in {os.path.abspath(out_dir)} ({e.strerror}): make it writable")
+    try:
+        yield folder
+        names = sorted(os.listdir(folder))
+        for name in names:
+            if os.path.isdir(os.path.join(out_dir, name)):
+                fail(f"{os.path.join(out_dir, name)} is a directory: move it away, then run this "
+                     f"script again")
+        for name in names:
+            os.replace(os.path.join(folder, name), os.path.join(out_dir, name))
+    except OSError as e:
+        fail(f"cannot write {e.filename or out_dir} ({e.strerror}): free some disk space or make "
+             f"{os.path.abspath(out_dir)} writable, then run this script again")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_tokens(ids, path: str) -> None:

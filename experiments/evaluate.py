@@ -17,6 +17,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mot.py, train.py
+from devices import device_problem  # noqa: E402
 from train import batch, eval_batches, fail, load_checkpoint, load_data  # noqa: E402
 
 
@@ -45,7 +46,17 @@ def main(argv=None) -> None:
     parser.add_argument("--eval_iters", type=int,
                         help="batches to evaluate (default: the run's eval_iters)")
     parser.add_argument("--device", default="cpu")
+    parser.error = lambda message: fail(f"{message} (see --help)")
     args = parser.parse_args(argv)
+    if args.eval_iters is not None and args.eval_iters < 1:
+        fail(f"--eval_iters={args.eval_iters}: must be >= 1 (leave it out for the run's own)")
+    problem = device_problem(args.device)
+    if problem:
+        fail(f"--device={args.device}: {problem}")
+    for out_dir in args.out_dirs:  # before evaluating any: a typo should not wait for the others
+        if not os.path.isfile(os.path.join(out_dir, "ckpt.pt")):
+            fail(f"no checkpoint at {os.path.join(out_dir, 'ckpt.pt')}: give run directories "
+                 f"that train.py wrote")
     print("| run | model (last FFN) | iter | val loss, grouped as trained "
           "| one sequence at a time | one sequence at a time, with companions |")
     print("|---|---|---|---|---|---|")
@@ -53,8 +64,6 @@ def main(argv=None) -> None:
         model, checkpoint = load_checkpoint(os.path.join(out_dir, "ckpt.pt"), args.device)
         c = dict(checkpoint["config"], device=args.device,
                  eval_iters=args.eval_iters or checkpoint["config"]["eval_iters"])
-        if not c["eval_iters"] > 0:
-            fail("--eval_iters must be positive")
         splits = load_data(c["data_root"], c["dataset"], c["block_size"])[0]
         group_size = max(block.ffn.group_size for block in model.transformer.h)
         generator = torch.Generator().manual_seed(c["seed"] + 2)  # apart from train/eval batches

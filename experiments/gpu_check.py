@@ -591,6 +591,9 @@ def parse(argv: list) -> SimpleNamespace:
         fail(f"--device={args.device}: use cpu, cuda or cuda:N")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         fail(f"--device={args.device}, but torch sees no GPU: use --device=cpu --tiny")
+    problem = devices.device_problem(args.device)  # cuda:N of a GPU this machine does not have
+    if problem:
+        fail(f"--device={args.device}: {problem}")
     args.device = torch.device(args.device)
     if bool(args.section) != bool(args.result):
         fail("--section and --result are the runner's, for a section's own process: run one "

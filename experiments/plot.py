@@ -13,14 +13,47 @@ divided by that run's.
 import argparse
 import json
 import os
+import sys
+
+
+def read_records(path: str, fields: dict, fix: str) -> list:
+    """The lines of a JSON-lines file, each an object with `fields` (name: type); a file that
+    cannot be read, or a line that is not such a record, is one line naming it and `fix` (what
+    the file should hold, and what to do)."""
+    records = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    problem = "a blank line" if not line.strip() else "not JSON"
+                    raise SystemExit(f"error: {path}, line {number}: {problem}; {fix}") from None
+                wrong = [key for key, kind in fields.items()
+                         if not isinstance(record, dict) or not isinstance(record.get(key), kind)]
+                if wrong:
+                    raise SystemExit(f"error: {path}, line {number}: not a record with "
+                                     f"{', '.join(wrong)}; {fix}")
+                records.append(record)
+    except UnicodeDecodeError:
+        raise SystemExit(f"error: {path} is not UTF-8 text; {fix}") from None
+    except OSError as e:
+        raise SystemExit(f"error: cannot read {path} ({e.strerror}); {fix}") from None
+    return records
 
 
 def read_log(out_dir: str) -> list:
+    """The evaluations train.py logged in out_dir/log.jsonl."""
     path = os.path.join(out_dir, "log.jsonl")
     if not os.path.exists(path):
         raise SystemExit(f"error: {path} not found: train a run with --out_dir={out_dir} first")
-    with open(path) as f:
-        records = [json.loads(line) for line in f]
+    number = (int, float)
+    records = read_records(path, dict(iter=int, val_loss=number, elapsed_s=number),
+                           "it should hold train.py's JSON records, one per evaluation: remove "
+                           "what is not one")
+    if not records:
+        raise SystemExit(f"error: {path} is empty: the run has not evaluated yet; wait for its "
+                         f"first evaluation")
     # an --eval_only run appends an iteration already logged: keep the last record of each
     return list({r["iter"]: r for r in records}.values())
 
@@ -42,7 +75,7 @@ def at(log: list, key: str, limit: float) -> float:
     return [r for r in log if r[key] <= limit][-1]["val_loss"]
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dirs", nargs="+", help="run directories; the first is the baseline")
@@ -51,7 +84,8 @@ def main() -> None:
                         help="shift each run's steps, e.g. to draw a transition run after the "
                              "run it started from")
     parser.add_argument("--out", default="results.png")
-    args = parser.parse_args()
+    parser.error = lambda message: sys.exit(f"error: {message} (see --help)")
+    args = parser.parse_args(argv)
     labels = args.labels or [os.path.basename(os.path.normpath(d)) for d in args.out_dirs]
     if len(labels) != len(args.out_dirs):
         raise SystemExit(f"error: {len(labels)} labels for {len(args.out_dirs)} runs")
@@ -99,7 +133,11 @@ def main() -> None:
         ax.grid(alpha=0.3)
     by_step.legend()
     fig.tight_layout()
-    fig.savefig(args.out, dpi=120)
+    try:
+        fig.savefig(args.out, dpi=120)
+    except (OSError, ValueError) as e:  # no such folder, not writable, an unknown extension
+        raise SystemExit(f"error: cannot write --out={args.out} ({e}): give a writable .png "
+                         f"path") from None
     print(f"wrote {args.out}")
 
 

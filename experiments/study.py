@@ -64,7 +64,7 @@ from collections import Counter, namedtuple
 
 import torch
 
-from plot import read_log
+from plot import read_log, read_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -185,8 +185,10 @@ def read_results(S: dict) -> dict:
     """The recorded runs by name."""
     if not os.path.exists(path(S, "results")):
         return {}
-    with open(path(S, "results")) as f:
-        return {line["name"]: line for line in map(json.loads, f)}
+    lines = read_records(path(S, "results"), dict(name=str, command=list),
+                         "it should hold a JSON line per finished run: remove what is not one "
+                         "(that run then runs again)")
+    return {line["name"]: line for line in lines}
 
 
 def result(S: dict, results: dict, run: dict):
@@ -645,12 +647,26 @@ def doc_blocks(text: str):
 def update_docs(S: dict, results: dict) -> None:
     for doc in S["docs"]:
         doc_path = os.path.join(ROOT, doc)  # doc itself when absolute
-        with open(doc_path, encoding="utf-8") as f:
-            text = f.read()
-        for start, end, stages in reversed(list(doc_blocks(text))):  # later blocks first
+        try:
+            with open(doc_path, encoding="utf-8") as f:
+                text = f.read()
+            blocks = list(doc_blocks(text))
+        except UnicodeDecodeError:
+            raise SystemExit(f"error: {doc_path} is not UTF-8 text: save it as UTF-8") from None
+        except OSError as e:
+            raise SystemExit(f"error: cannot read {doc_path} ({e.strerror})") from None
+        except ValueError:  # a BEGIN line without its END line
+            raise SystemExit(f"error: {doc_path} has a block of tables without its end line "
+                             f"{END!r}: add it") from None
+        for start, end, stages in reversed(blocks):  # later blocks first
             text = text[:start] + tables(S, results, stages) + "\n" + text[end:]
-        with open(doc_path, "w", encoding="utf-8") as f:
-            f.write(text)
+        try:  # a failed write leaves the document as it was
+            with open(doc_path + ".tmp", "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(doc_path + ".tmp", doc_path)
+        except OSError as e:
+            raise SystemExit(f"error: cannot write {doc_path} ({e.strerror}): it is unchanged; "
+                             f"free some disk space or make its folder writable") from None
         print(f"updated the tables of {doc}")
 
 
@@ -753,6 +769,7 @@ def main(argv=None, S=STUDY) -> None:
     parser.add_argument("--plot", action="store_true", help="write the plots, run nothing")
     parser.add_argument("--docs", action="store_true",
                         help="rewrite the tables in README.md and RESULTS.md, run nothing")
+    parser.error = lambda message: sys.exit(f"error: {message} (see --help)")
     args = parser.parse_args(argv)
     if args.table or args.at or args.plot or args.docs:
         results = read_results(S)

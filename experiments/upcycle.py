@@ -124,15 +124,27 @@ def table(S: dict) -> str:
 def step0(S: dict, directory: str, batches: int = 4) -> None:
     """For each upcycled target: each layer's relative distance ‖upcycled − dense‖/‖dense‖ on
     the dense model's own inputs to that layer, and the whole model's val loss, at step 0."""
-    dense, checkpoint = convert.from_checkpoint(os.path.join(directory, "ckpt.pt"))
+    try:
+        dense, checkpoint = convert.from_checkpoint(os.path.join(directory, "ckpt.pt"))
+    except ValueError as e:
+        raise SystemExit(f"error: --step0 {directory}: {e}") from None
     cfg = checkpoint["config"]
-    data = np.memmap(os.path.join(cfg["data_root"], cfg["dataset"], "val.bin"), dtype=np.uint16,
-                     mode="r")
-    generator = torch.Generator().manual_seed(0)
     T, B = cfg["block_size"], cfg["batch_size"] * batches
+    val = os.path.join(cfg["data_root"], cfg["dataset"], "val.bin")
+    size = os.path.getsize(val) if os.path.isfile(val) else None
+    problem = ("not found" if size is None else "not whole uint16 tokens" if size % 2
+               else f"fewer than block_size+1={T + 1} tokens" if size // 2 <= T else None)
+    if problem:
+        raise SystemExit(f"error: {val}: {problem}: run `python data/{cfg['dataset']}/prepare.py`")
+    data = np.memmap(val, dtype=np.uint16, mode="r")
+    generator = torch.Generator().manual_seed(0)
     ix = torch.randint(len(data) - T, (B,), generator=generator).tolist()
     x, y = (torch.stack([torch.from_numpy(data[i + s:i + s + T].astype(np.int64)) for i in ix])
             for s in (0, 1))
+    if int(y.max()) >= dense.config.vocab_size:
+        raise SystemExit(f"error: {val} holds token id {int(y.max())}, beyond the model's "
+                         f"vocab_size={dense.config.vocab_size}: run "
+                         f"`python data/{cfg['dataset']}/prepare.py` again")
     inputs = []
     hooks = [b.ffn.register_forward_hook(lambda m, a, o: inputs.append(a[0]))
              for b in dense.transformer.h]
@@ -142,7 +154,10 @@ def step0(S: dict, directory: str, batches: int = 4) -> None:
             hook.remove()
         for name, upcycle, settings in targets(S)[1:]:
             torch.manual_seed(0)
-            model = convert.upcycle(dense, upcycle, **settings)
+            try:
+                model = convert.upcycle(dense, upcycle, **settings)
+            except ValueError as e:  # not a dense model, or settings that do not fit it
+                raise SystemExit(f"error: --step0 {directory}: {e}") from None
             distances = [((b.ffn(i) - d.ffn(i)).norm() / d.ffn(i).norm()).item()
                          for b, d, i in zip(model.transformer.h, dense.transformer.h, inputs)]
             loss = model(x, y)[1].item()
@@ -156,6 +171,7 @@ def main(argv=None, S=EXPERIMENT) -> None:
     parser.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--table", action="store_true", help="print the table, run nothing")
     parser.add_argument("--step0", metavar="DIR", help="the step-0 distances from DIR's model")
+    parser.error = lambda message: sys.exit(f"error: {message} (see --help)")
     args = parser.parse_args(argv)
     if args.table:
         print(table(S))

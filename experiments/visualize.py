@@ -14,17 +14,24 @@ Pictures of what a MoT controller does:
 """
 
 import argparse
-import json
 import os
-
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mot.py, train.py
+from devices import device_problem  # noqa: E402
 from mot import MixtureOfTokens  # noqa: E402
+from plot import read_log  # noqa: E402
 from sample import load_tokenizer  # noqa: E402
 from train import fail, load_checkpoint, load_data  # noqa: E402
+
+
+def save(fig, path: str) -> None:
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as e:
+        fail(f"cannot write {path} ({e.strerror}): make the run's folder writable")
 
 
 def main(argv=None) -> None:
@@ -38,7 +45,13 @@ def main(argv=None) -> None:
     parser.add_argument("--label_chars", type=int, default=12,
                         help="characters of context in each row label")
     parser.add_argument("--device", default="cpu")
+    parser.error = lambda message: fail(f"{message} (see --help)")
     args = parser.parse_args(argv)
+    if args.label_chars < 1:
+        fail(f"--label_chars={args.label_chars}: must be >= 1")
+    problem = device_problem(args.device)
+    if problem:
+        fail(f"--device={args.device}: {problem}")
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -47,6 +60,7 @@ def main(argv=None) -> None:
         fail("visualize.py needs matplotlib: pip install matplotlib")
 
     model, checkpoint = load_checkpoint(os.path.join(args.out_dir, "ckpt.pt"), args.device)
+    records = [r for r in read_log(args.out_dir) if r.get("merge_entropy")]
     layers = model.ffns(MixtureOfTokens)
     if not layers:
         fail(f"{args.out_dir}/ckpt.pt holds a {model.config.ffn} model: there are no merge "
@@ -67,7 +81,7 @@ def main(argv=None) -> None:
         model(x)
     position = args.position % T
     weights = layer.merge_weights[:, position, :].float().cpu()  # (G, E)
-    decode = load_tokenizer(checkpoint["meta"])[1]
+    decode = load_tokenizer(checkpoint["meta"], os.path.join(args.out_dir, "ckpt.pt"))[1]
     labels = [repr(decode(row[max(0, position - args.label_chars + 1):position + 1].tolist()))
               for row in x.cpu()]
 
@@ -80,10 +94,8 @@ def main(argv=None) -> None:
     ax.set_title(f"merge weights, MoT layer {args.layer}, position {position} (columns sum to 1)")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out_dir, "merge_weights.png"), dpi=120)
+    save(fig, os.path.join(args.out_dir, "merge_weights.png"))
 
-    with open(os.path.join(args.out_dir, "log.jsonl")) as f:
-        records = [r for r in map(json.loads, f) if r.get("merge_entropy")]
     fig, ax = plt.subplots(figsize=(7, 4))
     for i in range(len(layers)):
         ax.plot([r["iter"] for r in records], [r["merge_entropy"][i] for r in records],
@@ -94,7 +106,7 @@ def main(argv=None) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out_dir, "merge_entropy.png"), dpi=120)
+    save(fig, os.path.join(args.out_dir, "merge_entropy.png"))
     print(f"wrote {args.out_dir}/merge_weights.png and {args.out_dir}/merge_entropy.png")
 
 

@@ -8,12 +8,11 @@ from multiprocessing import Pool
 from typing import Iterable
 
 import numpy as np
-import tiktoken
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from prepare_common import GPT2_PADDED_VOCAB, write_meta  # noqa: E402
+from prepare_common import GPT2_PADDED_VOCAB, fail, gpt2_encoding, staged, write_meta  # noqa: E402
 
-ENCODING = tiktoken.get_encoding("gpt2")
+ENCODING = gpt2_encoding()
 
 
 def encode_document(text: str) -> np.ndarray:
@@ -26,11 +25,11 @@ def encode_document(text: str) -> np.ndarray:
 
 def tokenize_and_write(texts: Iterable[str], path: str, num_proc: int,
                        shard_tokens: int = 1 << 24) -> int:
-    """Tokenise `texts` in `num_proc` processes, keeping their order, and append them to `path` as
+    """Tokenise `texts` in `num_proc` processes, keeping their order, and write them to `path` as
     uint16, one shard of about `shard_tokens` tokens at a time so that memory stays bounded.
     Returns the number of tokens written."""
     total, shard, shard_len = 0, [], 0
-    with Pool(num_proc) as pool, open(path + ".tmp", "wb") as f:
+    with Pool(num_proc) as pool, open(path, "wb") as f:
         for ids in pool.imap(encode_document, texts, chunksize=256):
             shard.append(ids)
             shard_len += len(ids)
@@ -40,27 +39,34 @@ def tokenize_and_write(texts: Iterable[str], path: str, num_proc: int,
         if shard:
             f.write(np.concatenate(shard).tobytes())
             total += shard_len
-    os.replace(path + ".tmp", path)  # a half-written file never looks complete
     return total
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--num_proc", type=int, default=max(1, (os.cpu_count() or 2) // 2))
-    args = parser.parse_args()
+    parser.error = lambda message: fail(f"{message} (see --help)")
+    args = parser.parse_args(argv)
+    if args.num_proc < 1:
+        fail(f"--num_proc={args.num_proc}: use 1 or more processes")
     try:
         from datasets import load_dataset
     except ImportError:
-        raise SystemExit("error: this script needs the `datasets` package: pip install datasets")
+        fail("this script needs the `datasets` package: pip install datasets")
     out_dir = os.path.dirname(os.path.abspath(__file__))
-    dataset = load_dataset("openwebtext", num_proc=args.num_proc)
+    try:
+        dataset = load_dataset("openwebtext", num_proc=args.num_proc)
+    except OSError as e:  # no network, no disk space for its cache
+        fail(f"could not load openwebtext ({str(e).strip().splitlines()[0]}): check the network "
+             f"and the disk space of the datasets cache, then run this script again")
     # OpenWebText has only a train split: hold out 0.05% of the documents for validation.
     split = dataset["train"].train_test_split(test_size=0.0005, seed=2357, shuffle=True)
-    for name, part in (("train", split["train"]), ("val", split["test"])):
-        n = tokenize_and_write((doc["text"] for doc in part),
-                               os.path.join(out_dir, f"{name}.bin"), args.num_proc)
-        print(f"{name}: {len(part):,} documents, {n:,} tokens")
-    write_meta(out_dir, tokenizer="gpt2", vocab_size=GPT2_PADDED_VOCAB)
+    with staged(out_dir) as folder:  # train.bin, val.bin and meta.json together, or none
+        for name, part in (("train", split["train"]), ("val", split["test"])):
+            n = tokenize_and_write((doc["text"] for doc in part),
+                                   os.path.join(folder, f"{name}.bin"), args.num_proc)
+            print(f"{name}: {len(part):,} documents, {n:,} tokens")
+        write_meta(folder, tokenizer="gpt2", vocab_size=GPT2_PADDED_VOCAB)
 
 
 if __name__ == "__main__":

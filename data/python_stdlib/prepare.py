@@ -24,7 +24,7 @@ import sysconfig
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from prepare_common import write_meta, write_tokens  # noqa: E402
+from prepare_common import fail, staged, write_meta, write_tokens  # noqa: E402
 
 SKIPPED_DIRS = {"site-packages", "dist-packages", "__pycache__"}  # installed packages, bytecode
 
@@ -43,10 +43,15 @@ def source_files(source_dir: str) -> list:
 
 def prepare(out_dir: str, source_dir: str) -> None:
     paths = source_files(source_dir)
+    if not paths:
+        fail(f"no .py files under {source_dir}: is it a Python standard library?")
     texts = {"train": [], "val": []}
     for i, path in enumerate(paths):
-        with open(os.path.join(source_dir, path), "rb") as f:
-            text = f.read().decode("utf-8", errors="replace")
+        try:
+            with open(os.path.join(source_dir, path), "rb") as f:
+                text = f.read().decode("utf-8", errors="replace")
+        except OSError as e:
+            fail(f"cannot read {e.filename} ({e.strerror}): make it readable")
         texts["val" if i % 10 == 9 else "train"].append(f"# ==== {path} ====\n{text}")
     # characters as code points (the corpus is ~30M characters: numpy, not Python lists)
     codes = {split: np.frombuffer("".join(parts).encode("utf-32-le"), dtype=np.uint32)
@@ -56,16 +61,17 @@ def prepare(out_dir: str, source_dir: str) -> None:
         present[c] = True
     vocab = np.flatnonzero(present)  # the distinct code points, sorted
     if len(vocab) > 2**16:
-        raise SystemExit(f"error: {len(vocab)} distinct characters in {source_dir}: more than "
-                         f"uint16 token ids can hold (65536)")
+        fail(f"{len(vocab)} distinct characters in {source_dir}: more than uint16 token ids can "
+             f"hold (65536)")
     token_of = np.zeros(sys.maxunicode + 1, dtype=np.uint16)
     token_of[vocab] = np.arange(len(vocab))
-    for split, c in codes.items():
-        write_tokens(token_of[c], os.path.join(out_dir, f"{split}.bin"))
     chars = [chr(c) for c in vocab]
     n_train, n_val = len(codes["train"]), len(codes["val"])
-    write_meta(out_dir, tokenizer="char", vocab_size=len(chars), chars=chars,
-               python_version=sys.version, files=len(paths), characters=n_train + n_val)
+    with staged(out_dir) as folder:
+        for split, c in codes.items():
+            write_tokens(token_of[c], os.path.join(folder, f"{split}.bin"))
+        write_meta(folder, tokenizer="char", vocab_size=len(chars), chars=chars,
+                   python_version=sys.version, files=len(paths), characters=n_train + n_val)
     print(f"Python {sys.version.split()[0]} standard library: {len(paths):,} files, "
           f"{n_train + n_val:,} characters, vocab {len(chars)}: train {n_train:,} tokens "
           f"({len(texts['train']):,} files), val {n_val:,} tokens ({len(texts['val']):,} files)")

@@ -4,21 +4,20 @@ Uses input.txt beside this script, downloading it when missing."""
 import os
 import sys
 
-import tiktoken
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from prepare_common import (GPT2_PADDED_VOCAB, read_or_download, write_meta,  # noqa: E402
-                            write_tokens)
+from prepare_common import (GPT2_PADDED_VOCAB, gpt2_encoding, read_or_download,  # noqa: E402
+                            staged, write_meta, write_tokens)
 
 
 def prepare(out_dir: str) -> None:
     text = read_or_download(os.path.join(out_dir, "input.txt"))
     n = int(0.9 * len(text))
-    enc = tiktoken.get_encoding("gpt2")
+    enc = gpt2_encoding()
     train_ids, val_ids = enc.encode_ordinary(text[:n]), enc.encode_ordinary(text[n:])
-    write_tokens(train_ids, os.path.join(out_dir, "train.bin"))
-    write_tokens(val_ids, os.path.join(out_dir, "val.bin"))
-    write_meta(out_dir, tokenizer="gpt2", vocab_size=GPT2_PADDED_VOCAB)
+    with staged(out_dir) as folder:
+        write_tokens(train_ids, os.path.join(folder, "train.bin"))
+        write_tokens(val_ids, os.path.join(folder, "val.bin"))
+        write_meta(folder, tokenizer="gpt2", vocab_size=GPT2_PADDED_VOCAB)
     print(f"train {len(train_ids):,} tokens, val {len(val_ids):,} tokens")
 
 

@@ -5,7 +5,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from prepare_common import read_or_download, write_meta, write_tokens  # noqa: E402
+from prepare_common import read_or_download, staged, write_meta, write_tokens  # noqa: E402
 
 
 def prepare(out_dir: str) -> None:
@@ -14,9 +14,10 @@ def prepare(out_dir: str) -> None:
     stoi = {ch: i for i, ch in enumerate(chars)}
     ids = [stoi[ch] for ch in text]
     n = int(0.9 * len(ids))
-    write_tokens(ids[:n], os.path.join(out_dir, "train.bin"))
-    write_tokens(ids[n:], os.path.join(out_dir, "val.bin"))
-    write_meta(out_dir, tokenizer="char", vocab_size=len(chars), chars=chars)
+    with staged(out_dir) as folder:
+        write_tokens(ids[:n], os.path.join(folder, "train.bin"))
+        write_tokens(ids[n:], os.path.join(folder, "val.bin"))
+        write_meta(folder, tokenizer="char", vocab_size=len(chars), chars=chars)
     print(f"{len(text):,} characters, vocab {len(chars)}: train {n:,} tokens, "
           f"val {len(ids) - n:,} tokens")
 
