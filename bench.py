@@ -30,6 +30,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+import bookkeeping
 import train
 from devices import device_problem, native_dtype
 from mot import GPT, MLP, GPTConfig, MixtureOfExperts, MixtureOfTokens, experts
@@ -330,11 +331,11 @@ class LiveBytes(TorchDispatchMode):
 def recipe_config(argv: list, vocab_size: int) -> Tuple[GPTConfig, int]:
     """The config of the GPT that `python train.py config/<file> ... --key=value ...` trains
     (train.build_model's) and its micro-batch size."""
-    settings, _ = train.configure([a if a.startswith("--") else os.path.join(ROOT, "config", a)
-                                   for a in argv] + ["--device=cpu"])
+    argv = [a if a.startswith("--") else os.path.join(ROOT, "config", a) for a in argv]
+    settings, _ = bookkeeping.configure(argv + ["--device=cpu"], train.DEFAULTS)
     size = GPT2_SIZES.get(settings["init_from"])
     if size is None:
-        config = GPTConfig(**{k: settings[k] for k in train.MODEL_FIELDS}, vocab_size=vocab_size)
+        config = GPTConfig(**{k: settings[k] for k in bookkeeping.MODEL_FIELDS}, vocab_size=vocab_size)
         return config, settings["batch_size"]
     # GPT-2 as train.py loads it (block 1024, biases, GELU, no dropout), finetuned as it is, or
     # upcycled: this run's settings for the new layers, experts with GPT-2's biases
@@ -342,7 +343,7 @@ def recipe_config(argv: list, vocab_size: int) -> Tuple[GPTConfig, int]:
                        activation="gelu", **size)
     if settings["upcycle"]:
         config = replace(config, ffn=settings["upcycle"], expert_bias=True,
-                         **{k: settings[k] for k in train.NEW_LAYER_FIELDS})
+                         **{k: settings[k] for k in bookkeeping.NEW_LAYER_FIELDS})
     return config, settings["batch_size"]
 
 

@@ -17,8 +17,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mot.py, train.py
+from bookkeeping import fail, load_checkpoint, load_data  # noqa: E402
 from devices import device_problem  # noqa: E402
-from train import batch, eval_batches, fail, load_checkpoint, load_data  # noqa: E402
+from train import batch, eval_batches  # noqa: E402
 
 
 @torch.no_grad()

@@ -52,6 +52,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 from torch._dynamo.utils import counters  # noqa: E402
 
+import bookkeeping  # noqa: E402
 import devices  # noqa: E402
 import moe_kernels  # noqa: E402
 import reference  # noqa: E402
@@ -193,10 +194,11 @@ def small_gpt(kind: str, device: torch.device) -> GPT:
 def recipe(files: list, vocab_size: int, tiny: bool):
     """The GPTConfig and train.py settings of these config files; with tiny, the tiny stand-in
     (the dense first half of a GPT-2 recipe stays: one of two blocks)."""
-    settings, _ = train.configure([os.path.join(ROOT, "config", f) for f in files])
+    settings, _ = bookkeeping.configure([os.path.join(ROOT, "config", f) for f in files],
+                                        train.DEFAULTS)
     if tiny:
         settings.update(TINY, n_dense_layers=min(settings["n_dense_layers"], 1))
-    return GPTConfig(**{k: settings[k] for k in train.MODEL_FIELDS},
+    return GPTConfig(**{k: settings[k] for k in bookkeeping.MODEL_FIELDS},
                      vocab_size=vocab_size), settings
 
 

@@ -68,6 +68,7 @@ from plot import read_log, read_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import bookkeeping  # noqa: E402
 import train  # noqa: E402
 from mot import GPT, GPTConfig  # noqa: E402
 
@@ -340,7 +341,8 @@ def execute(S: dict, run: dict) -> dict:
     wall, cpu = time.time() - wall, cpu_seconds() - cpu
     log = read_log(os.path.join(ROOT, out_dir))
     settings = settings_of(run["command"])
-    _, meta = train.load_data(settings["data_root"], settings["dataset"], settings["block_size"])
+    _, meta = bookkeeping.load_data(settings["data_root"], settings["dataset"],
+                                    settings["block_size"])
     last = log[-1]
     if last["iter"] != run["max_iters"]:
         raise SystemExit(f"error: {out_dir}/log.jsonl ends at iter {last['iter']}, "
@@ -482,15 +484,15 @@ def curve_table(lines_by_model: dict, steps: list) -> str:
 
 def settings_of(command: list) -> dict:
     """train.py's settings for a recorded command (its config paths relative to the root)."""
-    return train.configure([arg if arg.startswith("--") else os.path.join(ROOT, arg)
-                            for arg in command])[0]
+    return bookkeeping.configure([arg if arg.startswith("--") else os.path.join(ROOT, arg)
+                                  for arg in command], train.DEFAULTS)[0]
 
 
 def built(line: dict):
     """The untrained GPT of a recorded run, and its settings, from its command and the vocabulary
     size it trained with: for parameter, token and FLOP counts."""
     settings = settings_of(line["command"])
-    config = GPTConfig(**{key: settings[key] for key in train.MODEL_FIELDS},
+    config = GPTConfig(**{key: settings[key] for key in bookkeeping.MODEL_FIELDS},
                        vocab_size=line["vocab_size"])
     return GPT(config), settings
 

@@ -24,7 +24,7 @@ from devices import device_problem  # noqa: E402
 from mot import MixtureOfTokens  # noqa: E402
 from plot import read_log  # noqa: E402
 from sample import load_tokenizer  # noqa: E402
-from train import fail, load_checkpoint, load_data  # noqa: E402
+from bookkeeping import fail, load_checkpoint, load_data  # noqa: E402
 
 
 def save(fig, path: str) -> None:

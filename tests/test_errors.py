@@ -129,7 +129,7 @@ TRAIN_ERRORS = [  # (flags, damage to the run's copy, words the line must hold)
                          ids=[" ".join(f) + (f" {d.__name__}" if d else "")
                               for f, d, _ in TRAIN_ERRORS])
 def test_bad_runs_fail_in_one_line_and_touch_nothing(run, monkeypatch, flags, damage, words):
-    monkeypatch.setattr(train, "CUDA", False)  # the same on a machine with a GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same with a GPU
     if damage:
         damage(run)
     before = files(run / "out")

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-import train
+import bookkeeping
 from conftest import ROOT, TINY, read_log
 from convert import from_checkpoint, nonfinite
 from mot import GPT
@@ -24,13 +24,13 @@ from test_runs import SLOW_SAVE, losses
 @pytest.fixture
 def recorded_saves(monkeypatch):
     """The bytes of every checkpoint train.py saves, in order."""
-    saves, save_checkpoint = [], train.save_checkpoint
+    saves, save_checkpoint = [], bookkeeping.save_checkpoint
 
     def recorded_save(checkpoint, path):
         save_checkpoint(checkpoint, path)
         with open(path, "rb") as f:
             saves.append(f.read())
-    monkeypatch.setattr(train, "save_checkpoint", recorded_save)
+    monkeypatch.setattr(bookkeeping, "save_checkpoint", recorded_save)
     return saves
 
 
@@ -110,7 +110,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, run
     save = torch.save
 
     def full_disk(obj, f):
-        if isinstance(f, train.ByteCount):  # not a file on the disk
+        if isinstance(f, bookkeeping.ByteCount):  # not a file on the disk
             return save(obj, f)
         f.write(b"half a checkpoint")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -90,7 +90,7 @@ def test_killed_at_random_instants_the_run_ends_as_if_never_killed(data_root, tm
 PROBE = """
 import os, sys, torch
 sys.path.insert(0, os.getcwd())  # the repository root
-import train
+import bookkeeping, train
 from mot import GPT
 inputs, models, saves = [], [], []
 forward = GPT.forward
@@ -100,11 +100,11 @@ def recorded_forward(self, idx, *args, **kwargs):
         models[:] = [self]
     return forward(self, idx, *args, **kwargs)
 GPT.forward = recorded_forward
-save_checkpoint = train.save_checkpoint
+save_checkpoint = bookkeeping.save_checkpoint
 def recorded_save(checkpoint, path):
     saves.append(path)
     save_checkpoint(checkpoint, path)
-train.save_checkpoint = recorded_save
+bookkeeping.save_checkpoint = recorded_save
 train.main(sys.argv[1:])
 torch.save(dict(inputs=inputs, params=models[0].state_dict(), saves=len(saves)),
            os.path.join(os.environ["PROBE_DIR"], f"rank{os.environ['RANK']}.pt"))

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import study
+import bookkeeping
 import train
 from conftest import ROOT, TINY
 from plot import read_log
@@ -360,12 +361,14 @@ def test_see_mot_beat_dense_trains_the_studys_seed_0_runs(overlay, monkeypatch):
     """Each of the README's three commands trains its model's 10,000-step tiny run of the study at
     seed 0, setting for setting (only out_dir differs), so that it reproduces the recorded losses."""
     monkeypatch.chdir(ROOT)
-    settings, _ = train.configure([TINY_RECIPE] + ([overlay] if overlay else []))
+    settings, _ = bookkeeping.configure([TINY_RECIPE] + ([overlay] if overlay else []),
+                                        train.DEFAULTS)
     run = study.make_run(study.STUDY, "regime_lr", TINY_OVERLAYS[overlay],
                          settings["learning_rate"], 0, stdlib=True, size="tiny",
                          steps=study.STUDY["regime_steps"])
-    expected, _ = train.configure(run["command"])
+    expected, _ = bookkeeping.configure(run["command"], train.DEFAULTS)
     assert {k: v for k, v in settings.items() if k != "out_dir"} == {
         k: v for k, v in expected.items() if k != "out_dir"}
-    assert settings["out_dir"] not in {train.configure([TINY_RECIPE] + ([o] if o else []))[0][
-        "out_dir"] for o in TINY_OVERLAYS if o != overlay}  # three runs, three directories
+    assert settings["out_dir"] not in {
+        bookkeeping.configure([TINY_RECIPE] + ([o] if o else []), train.DEFAULTS)[0]["out_dir"]
+        for o in TINY_OVERLAYS if o != overlay}  # three runs, three directories

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import sample
+import bookkeeping
 import train
 from mot import GPT
 
@@ -151,7 +152,7 @@ def test_the_gpu_random_stream_is_restored_where_it_applies(monkeypatch, capsys,
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append(state))
     data_rng = torch.Generator()
     state = dict(torch=torch.get_rng_state(), data=data_rng.get_state(), cuda=saved)
-    train.set_rng_state(state, data_rng, device)
+    bookkeeping.set_rng_state(state, data_rng, device)
     note = "no random stream for" in capsys.readouterr().err
     if restored is None:
         assert calls == [] and note == (device != "cpu")
@@ -171,15 +172,16 @@ def test_each_gpu_trains_in_its_native_dtype_and_never_compiles_emulated_bfloat1
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    settings, _ = train.configure(["--device=cuda", f"--out_dir={tmp_path}"])
-    train.resolve_dtype(settings)
+    settings, _ = bookkeeping.configure(["--device=cuda", f"--out_dir={tmp_path}"],
+                                        train.DEFAULTS)
     assert settings["dtype"] == dtype
     settings.update(dtype="bfloat16", compile=True)
+    out = bookkeeping.OutDir(str(tmp_path), hold=False)
     if dtype == "float16":
         with pytest.raises(SystemExit, match="emulated on this GPU .* use --dtype=float16"):
-            train.validate(settings, 1, str(tmp_path / "ckpt.pt"))
+            bookkeeping.validate(settings, 1, out)
     else:
-        train.validate(settings, 1, str(tmp_path / "ckpt.pt"))
+        bookkeeping.validate(settings, 1, out)
 
 
 def test_checkpoint_loads_weights_only_and_save_is_atomic(tmp_path, monkeypatch, run_train):
@@ -198,7 +200,7 @@ def test_checkpoint_loads_weights_only_and_save_is_atomic(tmp_path, monkeypatch,
 
     monkeypatch.setattr(torch, "save", interrupted_save)
     with pytest.raises(KeyboardInterrupt):
-        train.save_checkpoint(checkpoint, path)
+        bookkeeping.save_checkpoint(checkpoint, path)
     assert torch.load(path, weights_only=True)["iter_num"] == 2
 
 
@@ -281,8 +283,8 @@ def test_a_crash_between_log_line_and_checkpoint_leaves_each_evaluation_once(
             raise KeyboardInterrupt
         save_checkpoint(checkpoint, path)
 
-    save_checkpoint = train.save_checkpoint
-    monkeypatch.setattr(train, "save_checkpoint", crashing_save)
+    save_checkpoint = bookkeeping.save_checkpoint
+    monkeypatch.setattr(bookkeeping, "save_checkpoint", crashing_save)
     with pytest.raises(KeyboardInterrupt):
         run_train(tmp_path / "split", *args)
     monkeypatch.undo()
@@ -349,7 +351,8 @@ def test_the_loss_reaches_the_host_only_when_printed(tmp_path, run_train, monkey
 
     def item(tensor):
         caller = sys._getframe(1).f_code
-        if caller.co_filename == train.__file__ and caller.co_name != "evaluate":
+        if (caller.co_filename in (train.__file__, bookkeeping.__file__)
+                and caller.co_name != "evaluate"):
             reads.append(caller.co_name)
         return original(tensor)
 
@@ -365,14 +368,14 @@ def test_load_data_checks_ids_in_a_bounded_prefix(data_root, monkeypatch):
     train.bin; a foreign id within them is still the one-line error."""
     path = data_root / "shakespeare_char" / "train.bin"
     tokens = np.fromfile(path, dtype=np.uint16)
-    monkeypatch.setattr(train, "CHECKED_TOKENS", 100)
+    monkeypatch.setattr(bookkeeping, "CHECKED_TOKENS", 100)
     tokens[150] = 60000  # beyond the checked prefix: not read
     tokens.tofile(path)
-    train.load_data(str(data_root), "shakespeare_char", 16)
+    bookkeeping.load_data(str(data_root), "shakespeare_char", 16)
     tokens[50] = 60000
     tokens.tofile(path)
     with pytest.raises(SystemExit, match="holds token id 60000"):
-        train.load_data(str(data_root), "shakespeare_char", 16)
+        bookkeeping.load_data(str(data_root), "shakespeare_char", 16)
 
 
 def test_wandb_logs_the_log_lines_offline(tmp_path, run_train, monkeypatch):
@@ -396,7 +399,7 @@ def test_wandb_logs_the_log_lines_offline(tmp_path, run_train, monkeypatch):
 
 
 def test_wandb_missing_is_one_line_before_anything_is_written(tmp_path, run_train, monkeypatch):
-    monkeypatch.setattr(train.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(bookkeeping.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(SystemExit, match="^error: wandb_log=True: needs the wandb package: "
                                          "pip install wandb$"):
         run_train(tmp_path / "out", "--wandb_log=True")
