@@ -57,6 +57,7 @@ MAY_CHANGE_ON_RESUME = ("out_dir", "init_from", "overwrite", "data_root", "devic
                         "wandb_log", "wandb_project", "wandb_run_name")
 UPCYCLABLE = [key for key, ffn in FFNS.items() if ffn.upcyclable]  # --upcycle's choices
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FLOAT_WORDS = ("inf", "+inf", "-inf", "infinity", "nan")  # what float() takes beyond literals
 INT64 = 2 ** 63  # integer settings lie in [-INT64, INT64): what torch takes
 CHECKED_TOKENS = 1 << 20  # load_data reads this many tokens of a split, not all of a large one
 
@@ -91,6 +92,8 @@ def check_type(key: str, value, kind: type, optional: bool):
         fail(f"--{key}=None: expected {kind.__name__}")
     if kind is float and type(value) is int:
         value = float(value)
+    if kind is float and isinstance(value, str) and value.strip().lower() in FLOAT_WORDS:
+        value = float(value)  # inf, nan: numbers, though not finite ones
     if type(value) is not kind:
         fail(f"--{key}={value!r} has type {type(value).__name__}, expected {kind.__name__}")
     if kind is float and not math.isfinite(value):

@@ -31,7 +31,8 @@ def device_problem(device: str) -> Optional[str]:
         return "CUDA is not available on this machine; use --device=cpu"
     if kind == "cuda":
         count = torch.cuda.device_count()
-        return f"this machine has {count} GPUs, cuda:0 to cuda:{count - 1}; use one of them"
+        return (f"this machine has {count} GPU{'s' * (count != 1)} (cuda:0 to cuda:{count - 1}); "
+                f"use one of them")
     return "use cpu, cuda or cuda:N (the devices these scripts run on)"
 
 

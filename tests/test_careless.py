@@ -29,6 +29,7 @@ import tiktoken
 import torch
 
 import bench
+import bookkeeping
 import evaluate
 import gpu_check
 import plot
@@ -173,6 +174,15 @@ def openwebtext(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)
 
 
+def no_wandb_login(monkeypatch):
+    """setup: wandb.init as it fails without a W&B login."""
+    import wandb
+
+    def init(**kwargs):
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+    monkeypatch.setattr(wandb, "init", init)
+
+
 def both(*setups):
     def setup(monkeypatch):
         for s in setups:
@@ -185,10 +195,77 @@ def case(script, argv, words, setup=None, id=None):
 
 
 RUN = ["--out_dir=out", "--device=cpu", "--max_new_tokens=2", "--num_samples=1"]
+TRAIN = TINY + ["--data_root=data", "--out_dir=new", "--max_iters=2"]
 MOT = ["--out_dir=mot"] + RUN[1:]  # one sample: the MoT group of 2 takes a companion
 RESULT = '{"name": "dense-s0", "command": []}\n'
 DOC = f"# Results\n{study.BEGIN} final -->\nold tables\n"  # no END line
 CASES = [
+    # train.py: settings (each typed, finite, in range; devices this PyTorch and machine have)
+    *[case("train.py", TRAIN + [flag], words) for flag, words in [
+        ("--device=mps", ["device='mps'", "use cpu, cuda or cuda:N"]),
+        ("--device=xpu", ["device='xpu'", "use cpu, cuda or cuda:N"]),
+        ("--device=meta", ["device='meta'", "use cpu, cuda or cuda:N"]),
+        ("--device=gpu:0", ["device='gpu:0'", "use cpu, cuda or cuda:N"]),
+        ("--seed=18446744073709551616", ["--seed=18446744073709551616", "64-bit"]),
+        ("--seed=-1", ["seed=-1", "must be in [0, 2**63"]),
+        ("--expert_size=abc", ["--expert_size='abc'", "has type str, expected int"]),
+        ("--expert_size=16.0", ["--expert_size=16.0", "has type float, expected int"]),
+        ("--expert_size=True", ["--expert_size=True", "has type bool, expected int"]),
+        ("--capacity_factor=abc", ["--capacity_factor='abc'", "expected float"]),
+        ("--controller_init_std=[1]", ["--controller_init_std=[1]", "expected float"]),
+        ("--temperature_final=abc", ["--temperature_final='abc'", "expected float"]),
+        ("--transition=1", ["--transition=1", "has type int, expected str"]),
+        ("--learning_rate=inf", ["--learning_rate=inf", "finite"]),
+        ("--learning_rate=nan", ["--learning_rate=nan", "finite"]),
+        ("--dropout=1e999", ["--dropout=inf", "finite"]),
+        ("--n_layer=True", ["--n_layer=True", "expected int"]),
+        ("--max_iters=1.5", ["--max_iters=1.5", "expected int"]),
+        ("--dtype=float64", ["dtype='float64'", "auto, float32, bfloat16, float16"]),
+        ("--compile=yes", ["--compile='yes'", "expected bool"]),
+        ("--init_from=nowhere", ["nowhere/ckpt.pt", "train one first"]),
+        ("--n_layr=2", ["unknown setting 'n_layr'", "--help"]),
+        ("--n_layer", ["--n_layer: write --n_layer=VALUE"]),
+    ]],
+    case("train.py", TRAIN + ["--device=cuda:7"], ["device='cuda:7'", "1 GPU (cuda:0 to cuda:0)"],
+         gpus(1), id="train.py --device=cuda:7 on a machine with one GPU"),
+    # train.py: config files (Python assignments only)
+    case("train.py", ["c.json"] + TRAIN, ["c.json is JSON", "n_layer = 4"],
+         write("c.json", '{"n_layer": 4}'), id="train.py with a JSON config"),
+    case("train.py", ["c.yaml"] + TRAIN, ["c.yaml is YAML", "Python assignments"],
+         write("c.yaml", "n_layer: 4\n"), id="train.py with a YAML config"),
+    case("train.py", ["c.py"] + TRAIN, ["c.py assigns no setting (found JSON)"],
+         write("c.py", '{"n_layer": 4}\n'), id="train.py with JSON in a .py config"),
+    case("train.py", ["c.py"] + TRAIN, ["c.py assigns no setting (found no assignment)"],
+         write("c.py", "n_layer: 4\n"), id="train.py with YAML in a .py config"),
+    case("train.py", ["c.py"] + TRAIN, ["c.py, line 2", "ZeroDivisionError"],
+         write("c.py", "n_layer = 4\nn_head = 1 / 0\n"), id="train.py config that raises"),
+    # train.py: the data
+    case("train.py", TRAIN, ["train.bin is not a file", "prepare.py"],
+         folder(f"{CHAR}/train.bin"), id="train.py when train.bin is a folder"),
+    case("train.py", TRAIN, ["meta.json is not a file", "prepare.py"],
+         folder(f"{CHAR}/meta.json"), id="train.py when meta.json is a folder"),
+    case("train.py", TRAIN + [f"--data_root={CHAR}"], ["is a dataset's folder", "--data_root="],
+         id="train.py --data_root inside a dataset"),
+    # train.py: an out_dir that holds a run (nothing of it may be lost)
+    case("train.py", TRAIN + ["--out_dir=out", "--overwrite=True", "--device=meta"],
+         ["device='meta'"], id="train.py --overwrite=True with a setting that fails late"),
+    case("train.py", TRAIN + ["--out_dir=out", "--overwrite=True", "--wandb_log=True"],
+         ["W&B did not start", "No API key configured", "wandb login"], no_wandb_login,
+         id="train.py --overwrite=True --wandb_log=True without a W&B login"),
+    case("train.py", TRAIN + ["--out_dir=out"], ["log.jsonl holds a run's log", "--overwrite"],
+         remove("out/ckpt.pt"), id="train.py into an out_dir with log.jsonl but no ckpt.pt"),
+    case("train.py", TRAIN + ["--out_dir=out", "--init_from=resume"],
+         ["log.jsonl is there but not", "put the checkpoint back"], remove("out/ckpt.pt"),
+         id="train.py --init_from=resume without ckpt.pt"),
+    case("train.py", TRAIN + ["--out_dir=out", "--init_from=resume", "--max_iters=4"],
+         ["log.jsonl, line 2, is not a line of this run's log", "remove that line"],
+         log_lines("out", None, '{"loss": 1.0}'), id="train.py resume with a foreign log line"),
+    case("train.py", TRAIN + ["--out_dir=out", "--init_from=resume", "--max_iters=4"],
+         ["log.jsonl, line 3, is not a line", "remove that line"],
+         log_lines("out", None, "", "not json"), id="train.py resume with a line not JSON"),
+    case("train.py", TRAIN + ["--out_dir=out", "--init_from=resume", "--max_iters=4"],
+         ["log.jsonl, line 1, has iter='0'"], log_lines("out", '{"iter": "0"}'),
+         id="train.py resume with an iter that is not a number"),
     # sample.py
     case("sample.py", RUN, ["out/ckpt.pt", "no list of chars", "prepare its dataset again"],
          meta_in_checkpoint(lambda m: {k: v for k, v in m.items() if k != "chars"}),
@@ -383,3 +460,85 @@ def test_prepare_replaces_the_dataset_whole_and_leaves_nothing_else(here):
     assert sorted(os.listdir(CHAR)) == ["input.txt", "meta.json", "train.bin", "val.bin"]
     with open(f"{CHAR}/meta.json") as f:
         assert json.load(f)["chars"] == sorted(set("a new text, another vocabulary\n"))
+
+
+# ----------------------------------------------------------------------------- runs never destroy
+# one another: the four ways they could, and what train.py accepts that looks careless
+
+
+def log_of(out_dir) -> list:
+    """Every line of out_dir/log.jsonl, less what depends on the machine's speed."""
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items()
+                 if k not in ("elapsed_s", "tokens_per_s", "warmup_s")} for line in f]
+
+
+def weights(out_dir) -> dict:
+    return torch.load(os.path.join(out_dir, "ckpt.pt"), weights_only=True)["model"]
+
+
+def started(args: list, line=" GPT: ") -> subprocess.Popen:
+    """train.py in a subprocess, returned once it printed `line` (the summary: it holds its
+    out_dir)."""
+    process = subprocess.Popen([sys.executable, "-u", f"{ROOT}/train.py", *args], text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    next(printed for printed in process.stdout if line in printed)
+    return process
+
+
+@pytest.mark.parametrize("second", [[], ["--init_from=resume"]], ids=["new", "resume"])
+def test_a_second_run_into_a_running_runs_out_dir_is_refused_and_takes_nothing(here, second):
+    """While a run trains in out_dir, a new run there (even 0.3 s after it) or a resume of it is
+    refused in one line naming the process that holds it. The first run ends as it would have
+    alone: every line of its log and every weight of its checkpoint; its lock is gone after."""
+    args = TINY + ["--data_root=data", "--max_iters=100", "--eval_interval=50"]
+    train.main(args + ["--out_dir=alone"])
+    first = started(args + ["--out_dir=busy"])
+    try:
+        with pytest.raises(SystemExit) as e:
+            train.main(args + ["--out_dir=busy", *second])
+        assert e.value.code == (f"error: out_dir='busy' is in use by another run (process "
+                                f"{first.pid}): wait for it to end, or choose another --out_dir")
+    finally:
+        _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    assert log_of("busy") == log_of("alone")
+    assert all(torch.equal(v, weights("alone")[k]) for k, v in weights("busy").items())
+    assert sorted(os.listdir("busy")) == ["ckpt.pt", "log.jsonl"]
+
+
+def test_the_lock_of_a_killed_run_is_no_lock(here):
+    """kill -9 leaves out_dir/run.lock behind but the kernel released its lock: the run
+    resumes, and a new run into another out_dir is never refused for it."""
+    args = TINY + ["--data_root=data", "--max_iters=300", "--eval_interval=2"]
+    process = started(args + ["--out_dir=killed"], line="iter 3:")  # after a checkpoint
+    process.kill()
+    process.communicate()
+    assert os.path.exists("killed/run.lock")
+    train.main(args + ["--out_dir=killed", "--init_from=resume", "--max_iters=4"])
+    assert sorted(os.listdir("killed")) == ["ckpt.pt", "log.jsonl"]
+
+
+def test_what_looks_careless_but_is_fine(here, capsys):
+    """A config file that imports a module or keeps private helpers, blank lines in a resumed
+    log, and --help (the settings and their defaults, exit 0)."""
+    with open("c.py", "w") as f:
+        f.write("import math\n_width = 16\nn_embd = _width\nlearning_rate = math.sqrt(1e-6)\n")
+    settings, given = bookkeeping.configure(["c.py"], train.DEFAULTS)
+    assert (settings["n_embd"], settings["learning_rate"]) == (16, 1e-3)
+    assert given == {"n_embd", "learning_rate"}
+    with open("out/log.jsonl") as f:
+        lines = f.readlines()
+    with open("out/log.jsonl", "w") as f:
+        f.writelines([lines[0], "\n", "   \n", *lines[1:]])
+    train.main(TINY + ["--data_root=data", "--out_dir=out", "--init_from=resume",
+                       "--max_iters=4"])
+    assert [r["iter"] for r in log_of("out")] == [0, 2, 4]
+    capsys.readouterr()
+    for flag in ("--help", "-h"):
+        with pytest.raises(SystemExit) as e:
+            train.main([flag])
+        assert e.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith("Train a GPT") and "  --learning_rate=0.0006\n" in out
+        assert "  --out_dir='out'\n" in out and "  --expert_size=None\n" in out
