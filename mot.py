@@ -1,12 +1,8 @@
 """
 A GPT whose feed-forward layers (FFNs) are dense, Mixture of Tokens (MoT) or sparse Mixture of
-Experts (MoE). MoT: "Mixture of Tokens: Continuous MoE through Cross-Example Aggregation",
-Antoniak et al., arXiv 2310.15961.
-
-Read top to bottom: config, attention, the FFNs (dense, MoT and its emit-softmax variant, MoE)
-and their registry FFNS, block, GPT. MixtureOfTokens's docstring states what MoT computes, in the
-five steps of the README's "What Mixture of Tokens computes"; the grouped matmul behind MoE's
-experts is in moe_kernels.py.
+Experts (MoE); MoT: Antoniak et al., "Mixture of Tokens: Continuous MoE through Cross-Example
+Aggregation", arXiv 2310.15961. Read top to bottom: config, attention, the FFNs (dense, MoT and
+its variant, MoE) and their registry FFNS, block, GPT. MixtureOfTokens states MoT's five steps.
 """
 
 import math
@@ -235,8 +231,8 @@ class MixtureOfTokens(FFN):
     5. Emit with the same weights: token i gets back out_i = Σ_e w[i, e] · y_e.
 
     Letters: B batch, T positions, C channels, G group_size, n = B/G groups, E experts,
-    H expert_size, τ temperature. Subclasses can change how the weights are computed by overriding
-    get_merge_weights and get_emit_weights (see MixtureOfTokensEmitSoftmax)."""
+    H expert_size, τ temperature. The algorithm, slowly: reference.loop_mot. Subclasses change how
+    the weights are computed by overriding get_merge_weights and get_emit_weights."""
     mixes_examples = True  # step 1
     upcyclable = "slices"  # any k experts of width 4C/k that sum to the dense FFN (convert.py)
 
@@ -611,9 +607,8 @@ class GPT(nn.Module):
         training; a partial group is padded with zero rows, unless companions fill it.
 
         companions (K, L), L >= T + max_new_tokens: K windows of training text that join the
-        batch after idx, so that a few sequences are grouped with real text as in training. They
-        are fed their own text position by position (teacher forcing); their outputs are
-        discarded and they are not returned.
+        batch after idx, so that a few sequences are grouped with real text as in training, fed
+        their own text position by position (teacher forcing), and not returned.
 
         kv_cache: keep each layer's keys and values, so that a step runs only the new token.
         Exact for every causal FFN, MoT included: MoT mixes only tokens at the same position,
