@@ -8,11 +8,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
-import sample
 import bookkeeping
+import sample
+import test_mot
 import train
-from mot import GPT
+from mot import FFN, FFNS, GPT, MLP, GPTConfig
 
 from conftest import CORPUS, ROOT, SHARED, TINY, read_log
 
@@ -404,3 +407,43 @@ def test_wandb_missing_is_one_line_before_anything_is_written(tmp_path, run_trai
                                          "pip install wandb$"):
         run_train(tmp_path / "out", "--wandb_log=True")
     assert not os.path.exists(tmp_path / "out")
+
+
+class PairMixer(FFN):
+    """A new FFN, as a user would add one: each token, plus the mean of it and its partner's
+    token at the same position (examples 2g and 2g+1: a toy MoT of one expert and uniform
+    weights), through a dense FFN."""
+    group_size, mixes_examples = 2, True
+
+    def __init__(self, n_embd: int):
+        super().__init__()
+        self.mlp = MLP(n_embd)
+
+    @classmethod
+    def from_config(cls, config: GPTConfig) -> "PairMixer":
+        return cls(config.n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        pairs = x.view(B // 2, 2, T, C)
+        return self.mlp((pairs + pairs.mean(1, keepdim=True)).view(B, T, C))
+
+    def num_active_params(self) -> int:
+        return self.mlp.num_active_params()
+
+
+def test_a_new_ffn_is_one_class_and_one_line_in_ffns(tmp_path, run_train, monkeypatch):
+    """PairMixer, registered with one FFNS line, trains through train.py (whole pairs checked,
+    its FLOPs counted, resumed exactly) and is causal by the property every kind is tested for."""
+    monkeypatch.setitem(FFNS, "pair", PairMixer)
+    full = run_train(tmp_path / "full", "--ffn=pair", "--max_iters=6", "--dropout=0.0")
+    assert full[-1]["train_loss"] < full[0]["train_loss"]
+    run_train(tmp_path / "split", "--ffn=pair", "--max_iters=4", "--dropout=0.0")
+    resumed = run_train(tmp_path / "split", "--ffn=pair", "--max_iters=6", "--dropout=0.0",
+                        "--init_from=resume")
+    assert [(r["iter"], r["val_loss"]) for r in resumed] == [(r["iter"], r["val_loss"])
+                                                            for r in full]
+    with pytest.raises(SystemExit, match="batch_size=3 .* multiple of group_size=2: pair"):
+        run_train(tmp_path / "odd", "--ffn=pair", "--batch_size=3")
+    given(setup=test_mot.gpt_setups(("pair",)), data=st.data())(
+        test_mot.PROPERTY(test_mot.check_causal))()
