@@ -335,7 +335,8 @@ def recipe_config(argv: list, vocab_size: int) -> Tuple[GPTConfig, int]:
     settings, _ = bookkeeping.configure(argv + ["--device=cpu"], train.DEFAULTS)
     size = GPT2_SIZES.get(settings["init_from"])
     if size is None:
-        config = GPTConfig(**{k: settings[k] for k in bookkeeping.MODEL_FIELDS}, vocab_size=vocab_size)
+        config = GPTConfig(**{k: settings[k] for k in bookkeeping.MODEL_FIELDS},
+                           vocab_size=vocab_size)
         return config, settings["batch_size"]
     # GPT-2 as train.py loads it (block 1024, biases, GELU, no dropout), finetuned as it is, or
     # upcycled: this run's settings for the new layers, experts with GPT-2's biases

@@ -358,8 +358,9 @@ TINY_OVERLAYS = {None: study.DENSE,
 
 @pytest.mark.parametrize("overlay", list(TINY_OVERLAYS))
 def test_see_mot_beat_dense_trains_the_studys_seed_0_runs(overlay, monkeypatch):
-    """Each of the README's three commands trains its model's 10,000-step tiny run of the study at
-    seed 0, setting for setting (only out_dir differs), so that it reproduces the recorded losses."""
+    """Each of the README's three commands trains its model's 10,000-step tiny run of the study
+    at seed 0, setting for setting (only out_dir differs), so that it reproduces the recorded
+    losses."""
     monkeypatch.chdir(ROOT)
     settings, _ = bookkeeping.configure([TINY_RECIPE] + ([overlay] if overlay else []),
                                         train.DEFAULTS)
