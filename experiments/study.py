@@ -56,6 +56,7 @@ import os
 import platform
 import resource
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -104,8 +105,10 @@ STUDY = dict(
     regime_baselines=[dict(capacity_factor=1.25), dict(moe_routing="expert_choice"),
                       dict(n_experts=32, moe_top_k=4), dict(n_experts=64, moe_top_k=8)],
     regime_baseline_mot=dict(n_experts=256),
+    regime_baseline_knob=dict(n_experts=128),  # the seeded MoT knob the baselines table shows
     regime_evals=25,  # evaluations in a regime run: eval_interval = max_iters / regime_evals
     results="results/cpu_study.jsonl", runs_dir="out-study",
+    timings="results/cpu_timing.jsonl",  # --retime's: runs trained again with the CPU to itself
     plots=dict(final="assets/cpu_study.png", python_stdlib="assets/python_stdlib_study.png"),
     regime_plot="assets/regime.png",
     docs=["README.md", "RESULTS.md"],  # the documents whose tables --docs rewrites
@@ -183,13 +186,20 @@ def path(S: dict, key: str) -> str:
 
 
 def read_results(S: dict) -> dict:
-    """The recorded runs by name."""
+    """The recorded runs by name; a run that shared the CPU and was re-timed alone (--retime)
+    has those seconds as retimed_s."""
     if not os.path.exists(path(S, "results")):
         return {}
     lines = read_records(path(S, "results"), dict(name=str, command=list),
                          "it should hold a JSON line per finished run: remove what is not one "
                          "(that run then runs again)")
-    return {line["name"]: line for line in lines}
+    results = {line["name"]: line for line in lines}
+    if os.path.exists(path(S, "timings")):
+        for timing in read_records(path(S, "timings"), dict(name=str, elapsed_s=float),
+                                   "it should hold a JSON line per re-timed run"):
+            if timing["name"] in results and timing["cpu_share"] >= SHARED:
+                results[timing["name"]]["retimed_s"] = timing["elapsed_s"]
+    return results
 
 
 def result(S: dict, results: dict, run: dict):
@@ -356,6 +366,29 @@ def execute(S: dict, run: dict) -> dict:
                 cpu_share=cpu / (wall * torch.get_num_threads()))
 
 
+def retime(S: dict, results: dict, names: list) -> None:
+    """Train recorded runs again from scratch, one at a time (run it with the CPU to itself):
+    their seconds for the tables where the first run shared the CPU, and a check that the same
+    command gives the same final val loss. A JSON line each in S["timings"]."""
+    unknown = [name for name in names if name not in results]
+    if unknown:
+        raise SystemExit(f"error: no recorded run named {', '.join(unknown)} in {S['results']}")
+    for name in names:
+        recorded = results[name]
+        run = dict(recorded, name=f"retime-{name}")
+        shutil.rmtree(os.path.join(ROOT, S["runs_dir"], run["name"]), ignore_errors=True)
+        line = execute(S, run)
+        timing = dict(name=name, elapsed_s=line["elapsed_s"], cpu_share=line["cpu_share"],
+                      final_val_loss=line["final_val_loss"],
+                      reproduced=line["final_val_loss"] == recorded["final_val_loss"],
+                      commit=line["commit"], machine=line["machine"])
+        with open(path(S, "timings"), "a") as f:
+            f.write(json.dumps(timing) + "\n")
+        print(f"{name}: {timing['elapsed_s']:.0f} s (cpu_share {timing['cpu_share']:.2f}), final "
+              f"val loss {timing['final_val_loss']!r}, recorded {recorded['final_val_loss']!r}: "
+              f"{'the same' if timing['reproduced'] else 'DIFFERENT'}")
+
+
 def run_stage(S: dict, results: dict, stage: str, only, dry_run: bool) -> set:
     """Run the stage's runs not done yet (only those named in `only`, if given), or print their
     commands; the names of the stage's runs."""
@@ -426,9 +459,17 @@ RULE = ("Δ: the model's mean minus dense's. **Bold**: a difference we claim, be
 
 
 def seconds(lines: list) -> str:
-    """Mean ± std of the training seconds, marked when a run shared the CPU with other work."""
-    shared = any(line.get("cpu_share", 1.0) < SHARED for line in lines)
-    return mean_std([line["elapsed_s"] for line in lines], 0) + (" (shared)" if shared else "")
+    """Mean ± std of the training seconds, marked when a run shared the CPU with other work;
+    a run re-timed alone (--retime) counts with those seconds instead, marked so."""
+    def alone(line) -> bool:
+        return line.get("cpu_share", 1.0) >= SHARED
+
+    values = [line["elapsed_s"] if alone(line) else line.get("retimed_s", line["elapsed_s"])
+              for line in lines]
+    retimed = any(not alone(line) and "retimed_s" in line for line in lines)
+    shared = any(not alone(line) and "retimed_s" not in line for line in lines)
+    return (mean_std(values, 0) + (" (re-timed alone)" if retimed else "")
+            + (" (shared)" if shared else ""))
 
 
 def runs_table(lines: list) -> str:
@@ -536,7 +577,8 @@ def regime_points(S: dict, results: dict) -> list:
 
 def regime_table(S: dict, results: dict) -> str:
     rows = ["| size | steps | tokens per dense parameter | dense val | Δ MoT − dense "
-            "| Δ MoE − dense | Δ MoE − MoT | MoT reaches dense's final at step | MoE reaches it at |",
+            "| Δ MoE − dense | Δ MoE − MoT | MoT reaches dense's final at step "
+            "| MoE reaches it at |",
             "|---|---|---|---|---|---|---|---|---|"]
     for size, steps, tokens_per_param, by_model in regime_points(S, results):
         dense = by_model["dense"]
@@ -549,7 +591,8 @@ def regime_table(S: dict, results: dict) -> str:
         def cell(model, base="dense"):
             return delta(losses[model], losses[base]) if model and base else "—"
         rows.append(f"| {size} | {steps} | {tokens_per_param:.0f} "
-                    f"| {mean_std(losses['dense'])} ({len(dense)} seed{'s' * (len(dense) > 1)}) | {cell(mot_model)} "
+                    f"| {mean_std(losses['dense'])} ({len(dense)} seed{'s' * (len(dense) > 1)}) "
+                    f"| {cell(mot_model)} "
                     f"| {cell(moe_model)} | {cell(moe_model, mot_model)} "
                     f"| {reached(by_model[mot_model], target) if mot_model else '—'} "
                     f"| {reached(by_model[moe_model], target) if moe_model else '—'} |")
@@ -590,6 +633,42 @@ def knob_table(S: dict, results: dict, lines: list) -> str:
     return "\n".join(rows)
 
 
+def baselines_table(S: dict, results: dict, runs: list) -> str:
+    """The tiny model at its usual length, every model at its best lr: dense, MoT, the MoT knob
+    S["regime_baseline_knob"], top-1 MoE (seeded in earlier stages) and this stage's baselines
+    (once their seeds are planned): mean ± std, Δ against dense and MoT, cost, causality."""
+    seeded = plan(S, results, "regime_seeds")
+    mot_name = mot(**S["regime_mot"]).name
+    mot_lr = next(run["lr"] for run in seeded if run["model"] == mot_name)
+    knob = mot(**{**S["regime_mot"], **S["regime_baseline_knob"]}).name
+    knobs = [run for run in plan(S, results, "regime_knobs")
+             if run["model"] == knob and run["lr"] == mot_lr]
+    best = {(run["model"], run["lr"]) for run in seeded + knobs
+            + [run for run in runs if run["seed"] != runs[0]["seed"]]}
+    groups = {}
+    for run in seeded + knobs + runs:
+        line = result(S, results, run)
+        if line and (run["model"], run["lr"]) in best:
+            groups.setdefault((run["model"], run["lr"]), []).append(line)
+    losses = {model: [line["final_val_loss"] for line in lines]
+              for (model, _), lines in groups.items()}
+    rows = ["| model | lr | seeds | final val | Δ vs dense | Δ vs MoT | MFLOPs per token "
+            "| parameters | seconds (seed 0) | causal |", "|---" * 10 + "|"]
+    for (model, lr), lines in sorted(groups.items(), key=lambda g: statistics.mean(
+            losses[g[0][0]]), reverse=True):
+        gpt, _ = built(lines[0])
+        first = min(lines, key=lambda line: line["seed"])
+        rows.append(f"| {model} | {lr:g} | {len(lines)} | {mean_std(losses[model])} "
+                    f"| {delta(losses[model], losses['dense']) if model != 'dense' else '—'} "
+                    f"| {delta(losses[model], losses[mot_name]) if model != mot_name else '—'} "
+                    f"| {gpt.flops_per_token() / 1e6:.2f} | {gpt.get_num_params() / 1e6:.2f} M "
+                    f"| {seconds([first])} | {'yes' if causal(model) else 'no'} |")
+    return "\n".join(rows + ["", f"Δ: the model's mean minus dense's, or minus MoT's ({mot_name}). "
+                              + RULE.split(". ", 1)[1], "Seconds: the seed-0 run's training "
+                              "time; (shared): it ran beside other work (cpu_share < "
+                              f"{SHARED})."])
+
+
 def tables(S: dict, results: dict, stages=STAGES, at=None) -> str:
     """Markdown: each stage's table, computed from the results, and the machines they ran on; with
     `at` (steps), the seeded stages' val loss at those steps instead."""
@@ -614,6 +693,8 @@ def tables(S: dict, results: dict, stages=STAGES, at=None) -> str:
             parts.append(runs_table(lines))
         elif stage == "regime_knobs":
             parts.append(knob_table(S, results, lines))
+        elif stage == "regime_baselines" and not at:
+            parts.append(baselines_table(S, results, runs))
         elif at:
             parts.append(curve_table(lines_by_model, at))
         elif stage.startswith("regime"):  # a table per length
@@ -632,7 +713,8 @@ def tables(S: dict, results: dict, stages=STAGES, at=None) -> str:
 
 # In the documents of S["docs"], each block between a BEGIN line naming its stages and END is
 # rewritten by --docs; a test checks that the blocks equal what the results give.
-BEGIN, END = "<!-- tables by `python experiments/study.py --docs`, stages:", "<!-- end of tables -->"
+BEGIN = "<!-- tables by `python experiments/study.py --docs`, stages:"
+END = "<!-- end of tables -->"
 
 
 def doc_blocks(text: str):
@@ -771,6 +853,9 @@ def main(argv=None, S=STUDY) -> None:
     parser.add_argument("--plot", action="store_true", help="write the plots, run nothing")
     parser.add_argument("--docs", action="store_true",
                         help="rewrite the tables in README.md and RESULTS.md, run nothing")
+    parser.add_argument("--retime", nargs="+", metavar="NAME",
+                        help="train these recorded runs again (with the CPU to itself): their "
+                             "seconds for the tables, and whether the final val loss is the same")
     parser.error = lambda message: sys.exit(f"error: {message} (see --help)")
     args = parser.parse_args(argv)
     if args.table or args.at or args.plot or args.docs:
@@ -783,6 +868,9 @@ def main(argv=None, S=STUDY) -> None:
             plot(S, results)
         if args.docs:
             update_docs(S, results)
+        return
+    if args.retime:
+        retime(S, read_results(S), args.retime)
         return
     run_study(S, [args.stage] if args.stage else STAGES, args.only, args.dry_run)
 

@@ -82,6 +82,8 @@ def tiny_study(tmp_path, data_root) -> dict:
             "regime_knobs": [dict(n_experts=8), dict(temperature=1.0, temperature_final=0.1)],
             "regime_lr_factors": [2.0], "regime_lengths": [6], "regime_length_seeds": [0],
             "regime_long_steps": 8, "regime_evals": 2, "regime_plot": str(tmp_path / "regime.png"),
+            "regime_baseline_mot": dict(n_experts=16), "regime_baseline_knob": dict(n_experts=8),
+            "timings": str(tmp_path / "results" / "timings.jsonl"),
             "results": str(tmp_path / "results" / "study.jsonl"),
             "runs_dir": str(tmp_path / "runs"),
             "plots": dict(final=str(tmp_path / "final.png"),
@@ -118,8 +120,9 @@ def test_the_study_runs_every_stage_once(tiny, tmp_path, capsys, monkeypatch):
     assert len(set(names)) == len(names) and set(names) == planned
     # 6 screening (2 + 4 variants), 5 lr (+1 from screening), 10 final (3 or 4 from lr and
     # screening), 3 python_stdlib (one seed); regime: 6 lr, 3 more seeds, 2 or 3 knobs (the lr
-    # knob may be an lr run) and up to 3 of their seeds, 3 at the other length, 3 long
-    assert 37 <= len(lines) <= 42
+    # knob may be an lr run) and up to 3 of their seeds, 3 at the other length, 3 long; the
+    # baselines: 5 models at 2 lrs, then their second seed
+    assert 52 <= len(lines) <= 57
     stages = [line["stage"] for line in lines]
     assert stages == sorted(stages, key=study.STAGES.index)
     for line in lines:
@@ -162,6 +165,28 @@ def test_the_study_runs_every_stage_once(tiny, tmp_path, capsys, monkeypatch):
     assert os.path.getsize(tiny["plots"]["final"]) > 0
     assert os.path.getsize(tiny["plots"]["python_stdlib"]) > 0
     assert os.path.getsize(tiny["regime_plot"]) > 0
+    baselines = study.tables(tiny, results, ["regime_baselines"])
+    rows = {row.split(" | ")[0][2:]: row.split(" | ") for row in baselines.splitlines()
+            if row.startswith("| ") and not row.startswith("| model")}
+    seeded = ("dense", "moe-top1-e8", "moe-top1-e8-cf1.25", "moe-ec-e8", "moe-top4-e32",
+              "moe-top8-e64", "mot-e4-g2-init0.25-tau0.3", "mot-e16-g2-init0.25-tau0.3")
+    assert all(rows[model][2] == "2" for model in seeded)  # the knob: 1 or 2 seeds
+    assert set(rows) == set(seeded) | {"mot-e8-g2-init0.25-tau0.3"}
+    assert [rows[model][-1] for model in ("moe-top1-e8-cf1.25", "moe-ec-e8")] == ["no |"] * 2
+    name = next(line["name"] for line in lines if line["stage"] == "regime_baselines")
+    results[name]["cpu_share"] = 0.5  # as if it had shared the CPU: re-timed alone
+    with open(tiny["results"], "w") as f:
+        f.writelines(json.dumps(line) + "\n" for line in results.values())
+    monkeypatch.setattr(study, "launch", train.main)
+    study.main(["--retime", name], tiny)
+    timing = json.loads(open(tiny["timings"]).read())
+    assert timing["name"] == name and timing["reproduced"]
+    retimed = study.read_results(tiny)[name]  # its seconds if it had the CPU to itself
+    assert retimed.get("retimed_s", None) == (timing["elapsed_s"] if timing["cpu_share"]
+                                              >= study.SHARED else None)
+    assert study.seconds([dict(elapsed_s=90.0, cpu_share=0.5, retimed_s=40.0),
+                          dict(elapsed_s=50.0, cpu_share=0.95)]) == "45 ± 7 (re-timed alone)"
+    assert study.seconds([dict(elapsed_s=90.0, cpu_share=0.5)]) == "90 (shared)"
     regime = study.tables(tiny, results, ["regime", "regime_knobs"])
     assert regime.count("| tiny |") == 2 and regime.count("| recipe |") == 2  # 2 lengths each
     assert all(line["commit"] and 0 < line["cpu_share"] for line in lines)
