@@ -1,9 +1,9 @@
 # Finetune GPT-2 XL (dense) on TinyShakespeare with the GPT-2 BPE, as nanoGPT's config of the same
 # name (pip install transformers; python data/shakespeare/prepare.py first):
 #   python train.py config/finetune_shakespeare.py
-# Memory: 1.56B parameters with their gradients and AdamW's two moments in float32 are ~25 GB, plus
-# activations of one 1024-token sequence under bfloat16 autocast: about 30 GB, an A100 40GB. On a
-# smaller GPU use --init_from=gpt2 (124M, ~3 GB).
+# Memory: 1.56B parameters with their gradients and AdamW's two moments in float32, plus the
+# activations of one 1024-token sequence under bfloat16 autocast, fit an A100 40GB (estimates:
+# python bench.py --memory; docs/gpus.md). On a smaller GPU use --init_from=gpt2 (124M).
 out_dir = "out-shakespeare"
 eval_interval = 5
 eval_iters = 40

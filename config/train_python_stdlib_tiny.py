@@ -25,7 +25,7 @@ n_embd = 64
 dropout = 0.0  # nothing repeats, nothing to regularise
 max_iters = 10000
 lr_decay_iters = 10000
-# dense's best of {1e-3, 2e-3, 4e-3} in the study (seed 0, final val loss): 1.3578, 1.3356, 1.3436
+# the study's best of {1e-3, 2e-3, 4e-3} for dense (RESULTS.md, stage regime_lr)
 learning_rate = 2e-3
 min_lr = 2e-4
 beta2 = 0.99

@@ -4,6 +4,6 @@ out_dir = "out-python-stdlib-tiny-moe"
 ffn = "moe"
 n_experts = 8
 moe_top_k = 1
-# MoE's best of {1e-3, 2e-3, 4e-3} in the study (seed 0, final val loss): 1.2468, 1.2321, 1.2420
+# the study's best of {1e-3, 2e-3, 4e-3} for MoE (RESULTS.md, stage regime_lr)
 learning_rate = 2e-3
 min_lr = 2e-4
