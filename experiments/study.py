@@ -194,7 +194,7 @@ def read_results(S: dict) -> dict:
                          "it should hold a JSON line per finished run: remove what is not one "
                          "(that run then runs again)")
     results = {line["name"]: line for line in lines}
-    if os.path.exists(path(S, "timings")):
+    if "timings" in S and os.path.exists(path(S, "timings")):
         for timing in read_records(path(S, "timings"), dict(name=str, elapsed_s=float),
                                    "it should hold a JSON line per re-timed run"):
             if timing["name"] in results and timing["cpu_share"] >= SHARED:
