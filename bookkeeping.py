@@ -282,8 +282,8 @@ def settings_from_checkpoint(c: dict, given: set, checkpoint: dict, path: str, k
             c[key] = saved.get(key, c[key])
         elif c[key] != saved[key]:
             if key not in may_change:
-                kept = ("a resumed run keeps all other settings (the README lists those that may "
-                        "change)" if may_change else "a converted run keeps its model and data")
+                kept = ("a resumed run keeps all other settings (docs/runs.md lists those that "
+                        "may change)" if may_change else "a converted run keeps its model and data")
                 fail(f"{key}={c[key]!r} contradicts {path}, trained with {key}={saved[key]!r}: "
                      f"{kept}; drop the setting, or train a new run in another out_dir")
             changes[key] = [saved[key], c[key]]

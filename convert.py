@@ -152,9 +152,9 @@ def upcycle(model: GPT, ffn: str, **settings) -> GPT:
     c_proj's bias divided by k: each run of k experts sums to the dense FFN (k = 1: every
     expert a copy, Komatsuzaki et al. 2022). A layer whose experts must be copies (upcyclable
     "copies": MoE, which weights its experts by router probabilities) gets expert_size 4C when
-    it is None. The controller (MoT) or router (MoE) is drawn as in a new layer. The README says
-    what the layer computes at step 0. The new GPT has the model's dtype, device and training
-    mode."""
+    it is None. The controller (MoT) or router (MoE) is drawn as in a new layer
+    (docs/gpt2_and_upcycling.md: what the layer computes at step 0). The new GPT has the
+    model's dtype, device and training mode."""
     cfg = model.config
     if cfg.ffn != "dense":
         raise ValueError(f"upcycle grows a dense model, but this one has ffn={cfg.ffn!r}")

@@ -1,5 +1,6 @@
 """bench.py --memory: its fake-tensor estimate against a real CPU measurement, against a count by
-hand, linear in the batch, and the README's claim that the shakespeare recipes fit a 16 GB T4."""
+hand, linear in the batch, and the claim (README, docs/gpus.md) that the shakespeare recipes fit
+a 16 GB T4."""
 
 import pytest
 import torch
@@ -47,7 +48,7 @@ def test_mot_memory_grows_linearly_with_the_batch():
 
 
 def test_shakespeare_recipes_fit_a_16gb_t4():
-    """The README's claim, for each recipe as it is, in the T4's float16."""
+    """The claim of the README and docs/gpus.md, for each recipe as it is, in the T4's float16."""
     short, _, gib, dtype, _ = bench.GPUS[0]
     assert (short, dtype) == ("T4", "float16")
     for name, argv, vocab_size in bench.RECIPES[:3]:

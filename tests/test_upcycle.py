@@ -76,7 +76,8 @@ def test_mot_of_copies_or_slices_at_a_zero_controller_is_the_dense_ffn_of_the_gr
 
 def test_upcycled_mot_at_its_controller_init_is_near_the_dense_ffn():
     """At the controller's init (1/sqrt(C)) the upcycled MoT is not the dense FFN, but its
-    output stays within the README's figure of it: relative distance below 1."""
+    output stays within the figure of it in docs/gpt2_and_upcycling.md: relative distance
+    below 1."""
     dense = trained_like_dense()
     layer = convert.upcycle(dense, "mot", n_experts=16, group_size=4).transformer.h[0].ffn
     x = block_input()
