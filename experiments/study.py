@@ -652,21 +652,26 @@ def baselines_table(S: dict, results: dict, runs: list) -> str:
             groups.setdefault((run["model"], run["lr"]), []).append(line)
     losses = {model: [line["final_val_loss"] for line in lines]
               for (model, _), lines in groups.items()}
-    rows = ["| model | lr | seeds | final val | Δ vs dense | Δ vs MoT | MFLOPs per token "
-            "| parameters | seconds (seed 0) | causal |", "|---" * 10 + "|"]
+    paper_mot = mot(**{**S["regime_mot"], **S["regime_baseline_mot"]}).name
+
+    def versus(model, other):
+        return delta(losses[model], losses[other]) if model != other and other in losses else "—"
+    rows = ["| model | lr | seeds | final val | Δ vs dense | Δ vs MoT | Δ vs the paper's MoT "
+            "| MFLOPs per token | parameters | seconds (seed 0) | causal |", "|---" * 11 + "|"]
     for (model, lr), lines in sorted(groups.items(), key=lambda g: statistics.mean(
             losses[g[0][0]]), reverse=True):
         gpt, _ = built(lines[0])
         first = min(lines, key=lambda line: line["seed"])
         rows.append(f"| {model} | {lr:g} | {len(lines)} | {mean_std(losses[model])} "
-                    f"| {delta(losses[model], losses['dense']) if model != 'dense' else '—'} "
-                    f"| {delta(losses[model], losses[mot_name]) if model != mot_name else '—'} "
+                    f"| {versus(model, 'dense')} | {versus(model, mot_name)} "
+                    f"| {versus(model, paper_mot)} "
                     f"| {gpt.flops_per_token() / 1e6:.2f} | {gpt.get_num_params() / 1e6:.2f} M "
                     f"| {seconds([first])} | {'yes' if causal(model) else 'no'} |")
-    return "\n".join(rows + ["", f"Δ: the model's mean minus dense's, or minus MoT's ({mot_name}). "
-                              + RULE.split(". ", 1)[1], "Seconds: the seed-0 run's training "
-                              "time; (shared): it ran beside other work (cpu_share < "
-                              f"{SHARED})."])
+    return "\n".join(rows + ["", f"Δ: the model's mean minus dense's, MoT's ({mot_name}) or "
+                              f"the paper's MoT's ({paper_mot}). " + RULE.split(". ", 1)[1],
+                              "Seconds: the seed-0 run's training time; (shared): it ran beside "
+                              f"other work (cpu_share < {SHARED}); (re-timed alone): the same "
+                              f"run trained again with the CPU to itself (--retime)."])
 
 
 def tables(S: dict, results: dict, stages=STAGES, at=None) -> str:
