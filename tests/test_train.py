@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -447,3 +448,30 @@ def test_a_new_ffn_is_one_class_and_one_line_in_ffns(tmp_path, run_train, monkey
         run_train(tmp_path / "odd", "--ffn=pair", "--batch_size=3")
     given(setup=test_mot.gpt_setups(("pair",)), data=st.data())(
         test_mot.PROPERTY(test_mot.check_causal))()
+
+
+def test_the_first_step_is_timed_apart_and_the_clock_waits_only_where_it_reads(
+        tmp_path, run_train, monkeypatch):
+    """A slow first step (compilation) is logged as warmup_s, not in elapsed_s or tokens_per_s;
+    with a GPU's clock (faked), the loop waits for the device only where it reads the time: at
+    evaluations, the first step and log steps, never in between. The time is a fake one that
+    only training forwards advance: 100 s for the first, 1 s for each other."""
+    now, forward = [0.0], GPT.forward
+
+    def timed_forward(self, *args, **kwargs):
+        if self.training:
+            now[0] += 1.0 if now[0] else 100.0
+        return forward(self, *args, **kwargs)
+    monkeypatch.setattr(GPT, "forward", timed_forward)
+    monkeypatch.setattr(bookkeeping, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    syncs = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: syncs.append(1))
+    clock = bookkeeping.Clock.__init__
+    monkeypatch.setattr(bookkeeping.Clock, "__init__",
+                        lambda self, device_type: clock(self, "cuda"))
+    log = run_train(tmp_path / "out", "--max_iters=6", "--eval_interval=100", "--log_interval=3")
+    assert (log[-1]["warmup_s"], log[-1]["elapsed_s"]) == (100.0, 5.0)
+    assert log[-1]["tokens_per_s"] == 5 * 4 * 16 / 5.0  # 5 timed steps of 4 × 16 tokens
+    # iter 0: before and after its evaluation, then its step (the first); iter 3 (a log step);
+    # iter 6: before its evaluation. Steps 1, 2, 4 and 5 run without a wait.
+    assert len(syncs) == 5
