@@ -368,7 +368,7 @@ def training_memory(model: GPT, batch_size: int, dtype: torch.dtype) -> dict:
 
     def micro_step():
         with autocast, AsOnGPU():
-            _, loss = model(idx, idx)  # `_` keeps the logits through the backward, as train.py's
+            loss = model(idx, idx)[1]  # the logits dropped at once, as train.py drops them
         (loss + model.aux_loss).backward()
 
     micro_step()  # the gradients exist from here on, as in an accumulation's later micro-steps

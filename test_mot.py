@@ -21,7 +21,7 @@ from mot import (FFNS, GPT, MLP, GPTConfig, MixtureOfExperts, MixtureOfTokens,
 from reference import expert, loop_expert_choice, loop_moe, loop_mot
 
 DT = torch.float64
-# MoT's τ is stored as a float32 log (exp(log τ) ≠ τ in the last bits): compare with some slack.
+# MoT's τ is stored as a float32 log (exp(log τ) ≠ τ in the last bits): compare with slack.
 TOL = dict(rtol=1e-5, atol=1e-7)
 GROUPED = dict(group_size=3, n_experts=4)  # with a batch of 6: two groups of three examples
 B6 = (6, 3, 8)  # (B, T, C) for GROUPED layers

@@ -1,5 +1,5 @@
-# The paper's MoT recipe on top of train_gpt2.py (give both files, this one second): the first half of
-# the blocks dense, the rest MoT with groups of 32 and 256 experts of width 4*768*32/256 = 384
+# The paper's MoT recipe on top of train_gpt2.py (give both files, this one second): the first
+# half of the blocks dense, the rest MoT with groups of 32 and 256 experts of width 4*768*32/256 = 384
 # ("MoT-Base/32E/8"). Each micro-batch must hold whole groups: 32 sequences of 1024 tokens, with 16
 # accumulation steps ~0.5M tokens per step.
 # Memory (estimates: python bench.py --memory; docs/gpus.md, "Which GPU for which recipe"): this

@@ -1,4 +1,5 @@
-# nanoGPT's GPU recipe: a 6-layer, 384-wide character-level GPT on TinyShakespeare (~5 minutes on an A100).
+# nanoGPT's GPU recipe: a 6-layer, 384-wide character-level GPT on TinyShakespeare (~5 minutes
+# on an A100).
 # Dense: python train.py config/train_shakespeare_char.py
 # MoT:   python train.py config/train_shakespeare_char.py config/train_shakespeare_char_mot.py
 # MoE:   python train.py config/train_shakespeare_char.py config/train_shakespeare_char_moe.py

@@ -1,4 +1,5 @@
-# FLOP-matched top-1 token-choice MoE on top of train_shakespeare_char.py (give both files, this one second).
+# FLOP-matched top-1 token-choice MoE on top of train_shakespeare_char.py (give both files, this
+# one second).
 # 8 experts of width 4*384, dropless (capacity_factor None), Switch load-balancing loss 0.01.
 out_dir = "out-shakespeare-char-moe"
 ffn = "moe"

@@ -1,4 +1,4 @@
-"""GPT-2's weights: the GELU setting, GPT.from_pretrained against transformers, GPT-2 finetuning
+"""GPT-2's weights: the GELU setting, convert.from_pretrained against transformers, GPT-2 finetuning
 in train.py and sampling in sample.py, all on a tiny GPT-2 made and saved here."""
 
 import json

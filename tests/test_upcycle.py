@@ -1,4 +1,4 @@
-"""Upcycling a dense GPT into MoT or MoE (GPT.upcycle, train.py --upcycle): what the new layers
+"""Upcycling a dense GPT into MoT or MoE (convert.upcycle, train.py --upcycle): what the new layers
 compute at step 0, and upcycled runs that train, resume exactly and sample."""
 
 import json
