@@ -1,5 +1,5 @@
-"""GPT-2's weights: the GELU setting, convert.from_pretrained against transformers, GPT-2 finetuning
-in train.py and sampling in sample.py, all on a tiny GPT-2 made and saved here."""
+"""GPT-2's weights: the GELU setting, convert.from_pretrained against transformers, GPT-2
+finetuning in train.py and sampling in sample.py, all on a tiny GPT-2 made and saved here."""
 
 import json
 import sys
