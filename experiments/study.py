@@ -195,8 +195,10 @@ def read_results(S: dict) -> dict:
                          "(that run then runs again)")
     results = {line["name"]: line for line in lines}
     if "timings" in S and os.path.exists(path(S, "timings")):
-        for timing in read_records(path(S, "timings"), dict(name=str, elapsed_s=float),
-                                   "it should hold a JSON line per re-timed run"):
+        timings = read_records(path(S, "timings"), dict(name=str, elapsed_s=float,
+                                                        cpu_share=float),
+                               "it should hold a JSON line per re-timed run (--retime)")
+        for timing in timings:
             if timing["name"] in results and timing["cpu_share"] >= SHARED:
                 results[timing["name"]]["retimed_s"] = timing["elapsed_s"]
     return results
