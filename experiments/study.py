@@ -46,6 +46,11 @@ when they are done ("best" = lowest final val loss; seed 0 in the first two):
                  E=8 with capacity factor 1.25 (tokens dropped: not causal), expert choice E=8
                  (not causal), fine-grained dropless token choice E=32 top-4 and E=64 top-8, and
                  MoT E=256 G=16 (16 mixtures per expert).
+  equal_flops    the tiny dense given the tiny MoT's whole-model training FLOPs where MoT leads
+                 (10,000 steps, 3 seeds; 40,000, 2 seeds): max_iters, lr_decay_iters and warm-up
+                 times MoT's FLOPs per token over dense's (max_iters rounded to an evaluation),
+                 at dense's best lr. Expert FLOPs are matched everywhere else; the mixing
+                 (controller, merge, emit) comes on top of them.
 The final and python_stdlib stages go seed by seed (seed 0 of every model first): partial results
 stay balanced.
 """
@@ -107,6 +112,8 @@ STUDY = dict(
     regime_baseline_mot=dict(n_experts=256),
     regime_baseline_knob=dict(n_experts=128),  # the seeded MoT knob the baselines table shows
     regime_evals=25,  # evaluations in a regime run: eval_interval = max_iters / regime_evals
+    # the regime rows where MoT leads dense, (steps, seeds): dense again at MoT's training FLOPs
+    equal_flops=[(10000, [0, 1, 2]), (40000, [0, 1])],
     results="results/cpu_study.jsonl", runs_dir="out-study",
     timings="results/cpu_timing.jsonl",  # --retime's: runs trained again with the CPU to itself
     plots=dict(final="assets/cpu_study.png", python_stdlib="assets/python_stdlib_study.png"),
@@ -114,7 +121,7 @@ STUDY = dict(
     docs=["README.md", "RESULTS.md"],  # the documents whose tables --docs rewrites
 )
 STAGES = ("screening", "lr", "final", "python_stdlib", "regime_lr", "regime_seeds",
-          "regime_knobs", "regime_lengths", "regime_long", "regime_baselines")
+          "regime_knobs", "regime_lengths", "regime_long", "regime_baselines", "equal_flops")
 
 # A model: a name, the config file put on top of the recipe's (None for dense), and train.py
 # settings. Every setting the study varies is given explicitly, so that later edits of the
@@ -171,7 +178,7 @@ def make_run(S: dict, stage: str, model: Model, lr: float, seed: int, stdlib=Fal
     flags = dict(model.flags, learning_rate=lr, min_lr=lr / 10, max_iters=steps,
                  lr_decay_iters=steps, seed=seed)
     if size or steps != usual_steps:  # the regime's runs: a fixed number of evaluations
-        flags["eval_interval"] = max(1, steps // S["regime_evals"])
+        flags.setdefault("eval_interval", max(1, steps // S["regime_evals"]))
     command = (configs + ([model.overlay] if model.overlay else []) + S["sizes"].get(size, [])
                + S["flags"] + [f"--{key}={value}" for key, value in flags.items()])
     name = (("stdlib-" if stdlib else "") + (f"{size}-" if size else "") + model.name
@@ -254,7 +261,7 @@ def plan(S: dict, results: dict, stage: str) -> list:
     stdlib_models = [(DENSE, best_lr(DENSE)),
                      (mot(**{**best_mot.flags, "dropout": 0.0}), best_lr(best_mot)),
                      (MOE, best_lr(MOE))]
-    if stage.startswith("regime"):
+    if stage.startswith("regime") or stage == "equal_flops":
         return plan_regime(S, results, stage, stdlib_models)
     if stage == "final":
         models = [(DENSE, best_lr(DENSE)), (best_mot, best_lr(best_mot)),
@@ -301,6 +308,8 @@ def plan_regime(S: dict, results: dict, stage: str, stdlib_models: list) -> list
     if stage == "regime_long":
         return [run(stage, model, lr, 0, S["regime_long_steps"], size=None)
                 for model, lr in stdlib_models]
+    if stage == "equal_flops":
+        return equal_flops_runs(S, results, run, best)
     baselines = ([moe(**flags) for flags in S["regime_baselines"]]  # regime_baselines
                  + [mot(**{**S["regime_mot"], **S["regime_baseline_mot"]})])
     runs = [run(stage, model, lr, 0) for model in baselines for lr in S["regime_lrs"]]
@@ -309,6 +318,26 @@ def plan_regime(S: dict, results: dict, stage: str, stdlib_models: list) -> list
     best = [(model, min(S["regime_lrs"], key=lambda lr: loss(model, lr))) for model in baselines]
     return runs + [run(stage, model, lr, seed) for seed in S["regime_seeds"][1:]
                    for model, lr in best]
+
+
+def equal_flops_runs(S: dict, results: dict, run, best: list) -> list:
+    """Dense trained for the tiny MoT's whole-model FLOPs at the rows of S["equal_flops"]: its
+    steps and warm-up times MoT's FLOPs per token over dense's, the steps rounded to the row's
+    evaluation interval (so that its curve is evaluated where the row's runs are)."""
+    (dense, dense_lr), (tiny_mot, mot_lr) = best[:2]
+    (mot_gpt, _), (dense_gpt, settings) = (built(results[run("regime_seeds", model, lr, 0)["name"]])
+                                           for model, lr in ((tiny_mot, mot_lr), (dense, dense_lr)))
+    ratio = mot_gpt.flops_per_token() / dense_gpt.flops_per_token()
+    runs = []
+    for steps, seeds in S["equal_flops"]:
+        interval = max(1, steps // S["regime_evals"])
+        model = Model(f"dense-flops{ratio:.2f}x", None, dict(
+            dense.flags, warmup_iters=round(settings["warmup_iters"] * ratio),
+            eval_interval=interval))
+        runs += [dict(run("equal_flops", model, dense_lr, seed,
+                          interval * round(steps * ratio / interval)), mot_steps=steps)
+                 for seed in seeds]
+    return runs
 
 
 def machine() -> dict:
@@ -322,11 +351,12 @@ def machine() -> dict:
 
 
 def commit() -> str:
-    """The git commit the code ran at, "+dirty" when tracked files differ from it."""
+    """The git commit the code ran at, "+dirty" when tracked files other than the results
+    (which the study itself appends to) differ from it."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout
-    return git("rev-parse", "HEAD").strip() + ("+dirty" if git("status", "--porcelain",
-                                                                "--untracked-files=no") else "")
+    return git("rev-parse", "HEAD").strip() + ("+dirty" if git(
+        "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results") else "")
 
 
 def cpu_seconds() -> float:

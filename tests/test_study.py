@@ -83,6 +83,7 @@ def tiny_study(tmp_path, data_root) -> dict:
             "regime_lr_factors": [2.0], "regime_lengths": [6], "regime_length_seeds": [0],
             "regime_long_steps": 8, "regime_evals": 2, "regime_plot": str(tmp_path / "regime.png"),
             "regime_baseline_mot": dict(n_experts=16), "regime_baseline_knob": dict(n_experts=8),
+            "equal_flops": [(4, [0, 1]), (6, [0])],
             "timings": str(tmp_path / "results" / "timings.jsonl"),
             "results": str(tmp_path / "results" / "study.jsonl"),
             "runs_dir": str(tmp_path / "runs"),
