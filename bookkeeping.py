@@ -4,7 +4,7 @@ train.py's run bookkeeping, which a reader of the training loop can skip:
 - settings: train.DEFAULTS, then config files and --key=value in order, each typed (as its
   default, or as GPTConfig annotates it) and ranged; --help lists them (configure, validate)
 - the start: resume, another run's out_dir (transition, upcycle, finetune) or GPT-2 (load_start),
-  the data files (load_data) and the model, all checked before anything is written
+  the data files (dataset.load) and the model, all checked before anything is written
 - out_dir: one run at a time, an OS lock held for the run's life (OutDir); its first write
   deletes an overwritten run, or cuts a resumed run's log back to its checkpoint (OutDir.prepare)
 - checkpoints saved atomically, never with weights that diverged (Checkpoints), with every
@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 
 import convert
+from configurator import fail
 from devices import bf16_is_native, device_here, device_problem, native_dtype, peak_flops
 from mot import FFNS, GPT, GPTConfig, MixtureOfTokens
 
@@ -59,11 +60,6 @@ UPCYCLABLE = [key for key, ffn in FFNS.items() if ffn.upcyclable]  # --upcycle's
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FLOAT_WORDS = ("inf", "+inf", "-inf", "infinity", "nan")  # what float() takes beyond literals
 INT64 = 2 ** 63  # integer settings lie in [-INT64, INT64): what torch takes
-CHECKED_TOKENS = 1 << 20  # load_data reads this many tokens of a split, not all of a large one
-
-
-def fail(message: str):
-    raise SystemExit(f"error: {message}")
 
 
 # ----------------------------------------------------------------------------- settings
@@ -348,51 +344,6 @@ def load_start(settings: dict, given: set, out: "OutDir", world_size: int, defau
     settings_from_checkpoint(settings, given, checkpoint, settings["init_from"],
                              kept + ("dataset",))
     return model, checkpoint, {}
-
-
-def load_data(data_root: str, dataset: str, block_size: int):
-    """The train and val token arrays (memory-mapped) and meta.json written by
-    data/<dataset>/prepare.py, checked: whole uint16 tokens, more than block_size of them, and
-    the ids of the first CHECKED_TOKENS below meta.json's vocab_size (files of other data show it
-    there; reading all of OpenWebText's would take minutes before the first step)."""
-    data_dir = os.path.join(data_root, dataset)
-    prepare = f"python data/{dataset}/prepare.py"
-    if os.path.exists(os.path.join(data_root, "meta.json")):
-        fail(f"data_root={data_root!r} is a dataset's folder: give the folder that holds the "
-             f"datasets, --data_root={os.path.dirname(os.path.abspath(data_root))}")
-    meta_path = os.path.join(data_dir, "meta.json")
-    paths = [os.path.join(data_dir, f"{split}.bin") for split in ("train", "val")]
-    for path in paths + [meta_path]:
-        if not os.path.exists(path):
-            fail(f"{path} not found: run `{prepare}` first")
-        if not os.path.isfile(path):
-            fail(f"{path} is not a file: run `{prepare}` again")
-    try:
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except ValueError as e:  # not UTF-8, or not JSON
-        fail(f"{meta_path} is not valid JSON ({e}): run `{prepare}` again")
-    except OSError as e:
-        fail(f"cannot read {meta_path} ({e.strerror}): run `{prepare}` again")
-    if not (isinstance(meta, dict) and type(meta.get("vocab_size")) is int
-            and meta["vocab_size"] > 0 and meta.get("tokenizer") in ("char", "gpt2")):
-        fail(f"{meta_path} needs a positive integer vocab_size and a tokenizer ('char' or "
-             f"'gpt2'): run `{prepare}` again")
-    splits = {}
-    for split, path in zip(("train", "val"), paths):
-        size = os.path.getsize(path)
-        if size % 2:
-            fail(f"{path} has {size} bytes, not whole uint16 tokens (an interrupted write?): "
-                 f"run `{prepare}` again")
-        if size // 2 <= block_size:
-            fail(f"{path} holds {size // 2} tokens, fewer than block_size+1={block_size + 1}: "
-                 f"use a smaller block_size or more text")
-        splits[split] = np.memmap(path, dtype=np.uint16, mode="r")
-        largest = int(splits[split][:CHECKED_TOKENS].max())
-        if largest >= meta["vocab_size"]:
-            fail(f"{path} holds token id {largest}, but {meta_path} has vocab_size="
-                 f"{meta['vocab_size']}: they come from different data; run `{prepare}` again")
-    return splits, meta
 
 
 def check_data(settings: dict, checkpoint, meta: dict) -> None:

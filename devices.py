@@ -6,6 +6,7 @@ the GPU present, for the MFU.
 """
 
 import re
+from contextlib import nullcontext
 from typing import Optional
 
 import torch
@@ -51,6 +52,14 @@ def native_dtype(device) -> str:
     if device.type != "cuda":
         return "float32"
     return "bfloat16" if bf16_is_native(device) else "float16"
+
+
+def autocast(device, dtype: str):
+    """The context the forward runs in: none for float32, else autocast to the 16-bit dtype on
+    the device's type (the weights stay float32)."""
+    if dtype == "float32":
+        return nullcontext()
+    return torch.amp.autocast(torch.device(device).type, dtype=getattr(torch, dtype))
 
 
 # Dense 16-bit tensor-core peaks (no sparsity) from NVIDIA's data sheets, by a pattern of

@@ -25,7 +25,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import bookkeeping
 import convert
-from bookkeeping import fail
+import dataset
+from configurator import fail
 from mot import GPT, GPTConfig, MixtureOfTokens
 
 DEFAULTS = dict(
@@ -66,19 +67,6 @@ DEFAULTS = dict(
 # ----------------------------------------------------------------------------- data
 
 
-def batch(data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator,
-          device: str):
-    """batch_size random windows of data: inputs x and next-token targets y, each
-    (batch_size, block_size)."""
-    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
-    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
-    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
-    if "cuda" in device:
-        return (x.pin_memory().to(device, non_blocking=True),
-                y.pin_memory().to(device, non_blocking=True))
-    return x.to(device), y.to(device)
-
-
 class TrainBatches:
     """A process's training batches, each drawn a step ahead of its use, so that on a GPU its copy
     overlaps the compute. `state` is the data stream as it was before the batch drawn ahead: a
@@ -90,8 +78,8 @@ class TrainBatches:
 
     def next(self):
         self.state = self.generator.get_state()
-        return batch(self.data, self.c["batch_size"], self.c["block_size"], self.generator,
-                     self.device)
+        return dataset.get_batch(self.data, self.c["batch_size"], self.c["block_size"],
+                                 self.generator, self.device)
 
 
 def eval_batches(data: np.ndarray, c: dict):
@@ -99,7 +87,7 @@ def eval_batches(data: np.ndarray, c: dict):
     training's."""
     generator = torch.Generator().manual_seed(c["seed"] + 1)
     for _ in range(c["eval_iters"]):
-        yield batch(data, c["batch_size"], c["block_size"], generator, c["device"])
+        yield dataset.get_batch(data, c["batch_size"], c["block_size"], generator, c["device"])
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -221,8 +209,8 @@ def main(argv: list) -> None:
     data_rng = torch.Generator().manual_seed(settings["seed"] + rank)  # training batches only
 
     # data and model
-    splits, meta = bookkeeping.load_data(settings["data_root"], settings["dataset"],
-                                         settings["block_size"])
+    splits, meta = dataset.load(settings["data_root"], settings["dataset"],
+                                settings["block_size"])
     bookkeeping.check_data(settings, checkpoint, meta)
     raw_model = build_model(settings, source, meta)  # model: its compiled or DDP wrapper
     bookkeeping.check_model(settings, raw_model)

@@ -17,9 +17,11 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mot.py, train.py
-from bookkeeping import fail, load_checkpoint, load_data  # noqa: E402
+from bookkeeping import load_checkpoint  # noqa: E402
+from configurator import fail  # noqa: E402
+from dataset import get_batch, load  # noqa: E402
 from devices import device_problem  # noqa: E402
-from train import batch, eval_batches  # noqa: E402
+from train import eval_batches  # noqa: E402
 
 
 @torch.no_grad()
@@ -65,10 +67,10 @@ def main(argv=None) -> None:
         model, checkpoint = load_checkpoint(os.path.join(out_dir, "ckpt.pt"), args.device)
         c = dict(checkpoint["config"], device=args.device,
                  eval_iters=args.eval_iters or checkpoint["config"]["eval_iters"])
-        splits = load_data(c["data_root"], c["dataset"], c["block_size"])[0]
+        splits = load(c["data_root"], c["dataset"], c["block_size"])[0]
         group_size = max(block.ffn.group_size for block in model.transformer.h)
         generator = torch.Generator().manual_seed(c["seed"] + 2)  # apart from train/eval batches
-        companions = (batch(splits["train"], group_size - 1, c["block_size"], generator,
+        companions = (get_batch(splits["train"], group_size - 1, c["block_size"], generator,
                             args.device)[0] if group_size > 1
                       else torch.zeros(0, c["block_size"], dtype=torch.long))  # no groups
         losses = [mean_loss(model, eval_batches(splits["val"], c), mode, companions)

@@ -75,6 +75,7 @@ from plot import read_log, read_records
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import bookkeeping  # noqa: E402
+import dataset  # noqa: E402
 import train  # noqa: E402
 from mot import GPT, GPTConfig  # noqa: E402
 
@@ -383,8 +384,7 @@ def execute(S: dict, run: dict) -> dict:
     wall, cpu = time.time() - wall, cpu_seconds() - cpu
     log = read_log(os.path.join(ROOT, out_dir))
     settings = settings_of(run["command"])
-    _, meta = bookkeeping.load_data(settings["data_root"], settings["dataset"],
-                                    settings["block_size"])
+    _, meta = dataset.load(settings["data_root"], settings["dataset"], settings["block_size"])
     last = log[-1]
     if last["iter"] != run["max_iters"]:
         raise SystemExit(f"error: {out_dir}/log.jsonl ends at iter {last['iter']}, "

@@ -24,7 +24,9 @@ from devices import device_problem  # noqa: E402
 from mot import MixtureOfTokens  # noqa: E402
 from plot import read_log  # noqa: E402
 from sample import load_tokenizer  # noqa: E402
-from bookkeeping import fail, load_checkpoint, load_data  # noqa: E402
+from bookkeeping import load_checkpoint  # noqa: E402
+from configurator import fail  # noqa: E402
+from dataset import load  # noqa: E402
 
 
 def save(fig, path: str) -> None:
@@ -73,7 +75,7 @@ def main(argv=None) -> None:
         fail(f"--position={args.position}: block_size is {T}")
 
     # one group: G windows of validation text, evenly spaced through the split
-    val = load_data(c["data_root"], c["dataset"], T)[0]["val"]
+    val = load(c["data_root"], c["dataset"], T)[0]["val"]
     starts = torch.linspace(0, len(val) - T - 1, G).long().tolist()
     x = torch.stack([torch.from_numpy(val[s:s + T].astype("int64"))
                      for s in starts]).to(args.device)

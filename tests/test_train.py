@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import bookkeeping
+import dataset
 import sample
 import test_mot
 import train
@@ -367,19 +368,16 @@ def test_the_loss_reaches_the_host_only_when_printed(tmp_path, run_train, monkey
     assert len(reads) == len(printed)
 
 
-def test_load_data_checks_ids_in_a_bounded_prefix(data_root, monkeypatch):
-    """The id check reads at most CHECKED_TOKENS of each split, so a start does not scan a large
-    train.bin; a foreign id within them is still the one-line error."""
+def test_load_checks_every_token_id(data_root):
+    """A foreign id anywhere in a split, its last token included, is the one-line error naming
+    the file, before a run writes anything."""
     path = data_root / "shakespeare_char" / "train.bin"
     tokens = np.fromfile(path, dtype=np.uint16)
-    monkeypatch.setattr(bookkeeping, "CHECKED_TOKENS", 100)
-    tokens[150] = 60000  # beyond the checked prefix: not read
+    dataset.load(str(data_root), "shakespeare_char", 16)
+    tokens[-1] = 60000
     tokens.tofile(path)
-    bookkeeping.load_data(str(data_root), "shakespeare_char", 16)
-    tokens[50] = 60000
-    tokens.tofile(path)
-    with pytest.raises(SystemExit, match="holds token id 60000"):
-        bookkeeping.load_data(str(data_root), "shakespeare_char", 16)
+    with pytest.raises(SystemExit, match="train.bin"):
+        dataset.load(str(data_root), "shakespeare_char", 16)
 
 
 def test_wandb_logs_the_log_lines_offline(tmp_path, run_train, monkeypatch):
