@@ -1,5 +1,5 @@
 """
-Speed and memory of the dense, MoT and MoE feed-forward layers at matched FLOPs, of the whole
+Speed and memory of the dense, MoT and MoE feed-forward layers at matched expert FLOPs, of the whole
 training step of a model with each, and of sampling.
 
     python bench.py             # CPU, float32, the layer grid (~2 minutes on 2 cores)
@@ -19,7 +19,6 @@ import os
 import statistics
 import time
 import weakref
-from contextlib import nullcontext
 from dataclasses import replace
 from typing import Tuple
 
@@ -30,9 +29,12 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-import bookkeeping
+import checkpoints
+import configurator
 import train
-from devices import device_problem, native_dtype
+from configurator import fail
+from convert import GPT2_NAMES
+from devices import autocast, device_problem, native_dtype
 from mot import GPT, MLP, GPTConfig, MixtureOfExperts, MixtureOfTokens, experts
 
 
@@ -41,24 +43,37 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def storage_key(t: torch.Tensor) -> int:
+    """The identity of t's storage, shared by its views (data_ptr is 0 for every fake tensor)."""
+    return t.untyped_storage()._cdata
+
+
+def saved_bytes(step, exclude: frozenset = frozenset()) -> int:
+    """The bytes of the tensors autograd saves for the backward pass while step() runs, each
+    storage once (views of one storage count once), but for the storages of `exclude` (their
+    storage_keys: the parameters): the activation memory of a forward."""
+    saved = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if storage_key(t) not in exclude:
+            saved[storage_key(t)] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(saved.values())
+
+
 def measure(step, device: str, warmup: int, reps: int):
     """Median seconds of step(), and the peak memory (bytes) of one step."""
     for _ in range(warmup):
         step()
-    saved = {}  # storage address -> bytes: views of one tensor count once
-
-    def pack(t: torch.Tensor):
-        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         step()
         memory = torch.cuda.max_memory_allocated()
     else:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            step()
-        memory = sum(saved.values())
+        memory = saved_bytes(step)
     times = []
     for _ in range(reps):
         synchronize(device)
@@ -91,17 +106,17 @@ class ExpertsOnly(torch.nn.Module):
 
 
 def ffn_layers(args, C: int, E: int, G: int):
-    """The FLOP-matched (name, layer) variants of one grid point: MoT, and MoE top-1 with the
+    """The expert-FLOP-matched (name, layer) variants of one grid point: MoT, and MoE top-1 with the
     same E (once per E: MoE does not depend on G)."""
     yield f"mot E={E} G={G}", MixtureOfTokens(C, n_experts=E, group_size=G)
     if G == min(args.G):
         yield f"moe top-1 E={E}", MixtureOfExperts(C, n_experts=E, top_k=1)
 
 
-def layer_row(args, name: str, layer: torch.nn.Module, x: torch.Tensor, autocast):
+def layer_row(args, name: str, layer: torch.nn.Module, x: torch.Tensor, context):
     def step():
         layer.zero_grad(set_to_none=True)  # as in training: gradients are new tensors every step
-        with autocast:
+        with context:
             out = layer(x)
         out.float().square().mean().backward()
 
@@ -152,34 +167,32 @@ def sampling(args) -> None:
 
 def layers(args) -> None:
     torch.manual_seed(0)
-    dtype = getattr(torch, args.dtype)
-    autocast = (nullcontext() if dtype == torch.float32
-                else torch.autocast(args.device.split(":")[0], dtype=dtype))
+    context = autocast(args.device, args.dtype)
     B, T = args.batch_size, args.seq_len
     print(f"device {args.device}, dtype {args.dtype}, compile {args.compile}, "
           f"{torch.get_num_threads()} threads, B={B} T={T}, median of {args.reps}")
     for C in args.C:
         x = torch.randn(B, T, C, device=args.device, requires_grad=True)
-        dense = layer_row(args, "dense", MLP(C).to(args.device), x, autocast)
+        dense = layer_row(args, "dense", MLP(C).to(args.device), x, context)
         rows = [dense]
         for E in args.E:
             for G in args.G:
                 for name, layer in ffn_layers(args, C, E, G):
-                    rows.append(layer_row(args, name, layer.to(args.device), x, autocast))
+                    rows.append(layer_row(args, name, layer.to(args.device), x, context))
                     if isinstance(layer, MixtureOfTokens) and E == 32:
                         rows.append(layer_row(args, "  its experts only", ExpertsOnly(layer, B * T),
-                                              x, autocast))
-        print_table(args, f"FFN layer forward+backward, C={C} (FLOP-matched to dense 4C)",
+                                              x, context))
+        print_table(args, f"FFN layer forward+backward, C={C} (expert FLOPs matched to dense 4C)",
                     rows, dense)
 
 
 
-def training_step(model: GPT, optimizer, idx: torch.Tensor, autocast, device: str):
+def training_step(model: GPT, optimizer, idx: torch.Tensor, context, device: str):
     """One step as train.py takes it (forward, backward, clipping, AdamW, zero_grad), timed:
     (forward+backward seconds, optimizer seconds)."""
     synchronize(device)
     t0 = time.perf_counter()
-    with autocast:
+    with context:
         _, loss = model(idx, idx)
     (loss + model.aux_loss).backward()
     synchronize(device)
@@ -194,9 +207,7 @@ def training_step(model: GPT, optimizer, idx: torch.Tensor, autocast, device: st
 def step(args) -> None:
     """The whole training step of each FFN kind at the CPU recipe's and the GPU recipe's shape:
     interleaved rounds (every model a few steps, then the next), the median step of all rounds."""
-    dtype = getattr(torch, args.dtype)
-    autocast = (nullcontext() if dtype == torch.float32
-                else torch.autocast(args.device.split(":")[0], dtype=dtype))
+    context = autocast(args.device, args.dtype)
     print(f"device {args.device}, dtype {args.dtype}, compile {args.compile}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}; median step of "
           f"{args.rounds} interleaved rounds of {args.reps} steps")
@@ -210,11 +221,11 @@ def step(args) -> None:
             idx = torch.randint(0, 65, (batch_size, shape["block_size"]), device=args.device)
             runs = torch.compile(model) if args.compile else model  # reads model's attributes
             for _ in range(args.warmup):
-                training_step(runs, optimizer, idx, autocast, args.device)
+                training_step(runs, optimizer, idx, context, args.device)
             models[name] = (model, runs, optimizer, idx, [])
         for _ in range(args.rounds):
             for model, runs, optimizer, idx, times in models.values():
-                times += [training_step(runs, optimizer, idx, autocast, args.device)
+                times += [training_step(runs, optimizer, idx, context, args.device)
                           for _ in range(args.reps)]
         tokens = batch_size * shape["block_size"]
         print(f"\n{shape_name}: {shape}, batch {batch_size}")
@@ -249,11 +260,11 @@ RECIPES = [
     ("finetune gpt2-xl dense", ["finetune_shakespeare.py"], 50257),
     ("finetune gpt2 -> mot", ["finetune_shakespeare.py", "finetune_shakespeare_mot.py"], 50257),
 ]
-# GPT-2's sizes by init_from name (from_pretrained reads them from transformers' config)
-GPT2_SIZES = {"gpt2": dict(n_layer=12, n_head=12, n_embd=768),
-              "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
-              "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
-              "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600)}
+# GPT-2's sizes, in the order of GPT2_NAMES (from_pretrained reads them from transformers' config)
+GPT2_SIZES = dict(zip(GPT2_NAMES, [dict(n_layer=12, n_head=12, n_embd=768),
+                                   dict(n_layer=24, n_head=16, n_embd=1024),
+                                   dict(n_layer=36, n_head=20, n_embd=1280),
+                                   dict(n_layer=48, n_head=25, n_embd=1600)], strict=True))
 # The GPU classes: short name, name, GiB as nvidia-smi reports them, the dtype train.py trains in
 # and MoE's grouped matmul, as devices.native_dtype and grouped_mm_syncs decide them at the GPU's
 # compute capability (T4 7.5, RTX 4090 8.9, A100 8.0, H100 9.0)
@@ -296,11 +307,6 @@ class AsOnGPU(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def storage_key(t: torch.Tensor) -> int:
-    """The identity of t's storage, shared by its views (data_ptr is 0 for every fake tensor)."""
-    return t.untyped_storage()._cdata
-
-
 class LiveBytes(TorchDispatchMode):
     """The bytes of the storages that ops make while it is on and that are alive at once: now, and
     the peak. A storage is new when no input of the op that returns it holds it (not a view, not
@@ -332,20 +338,20 @@ def recipe_config(argv: list, vocab_size: int) -> Tuple[GPTConfig, int]:
     """The config of the GPT that `python train.py config/<file> ... --key=value ...` trains
     (train.build_model's) and its micro-batch size."""
     argv = [a if a.startswith("--") else os.path.join(ROOT, "config", a) for a in argv]
-    settings, _ = bookkeeping.configure(argv + ["--device=cpu"], train.DEFAULTS)
-    size = GPT2_SIZES.get(settings["init_from"])
+    settings, _ = configurator.configure(train.TrainConfig, argv + ["--device=cpu"])
+    size = GPT2_SIZES.get(settings.init_from)
     if size is None:
-        config = GPTConfig(**{k: settings[k] for k in bookkeeping.MODEL_FIELDS},
+        config = GPTConfig(**{k: getattr(settings, k) for k in checkpoints.MODEL_FIELDS},
                            vocab_size=vocab_size)
-        return config, settings["batch_size"]
+        return config, settings.batch_size
     # GPT-2 as train.py loads it (block 1024, biases, GELU, no dropout), finetuned as it is, or
     # upcycled: this run's settings for the new layers, experts with GPT-2's biases
     config = GPTConfig(block_size=1024, vocab_size=vocab_size, dropout=0.0, bias=True,
                        activation="gelu", **size)
-    if settings["upcycle"]:
-        config = replace(config, ffn=settings["upcycle"], expert_bias=True,
-                         **{k: settings[k] for k in bookkeeping.NEW_LAYER_FIELDS})
-    return config, settings["batch_size"]
+    if settings.upcycle:
+        config = replace(config, ffn=settings.upcycle, expert_bias=True,
+                         **{k: getattr(settings, k) for k in checkpoints.NEW_LAYER_FIELDS})
+    return config, settings.batch_size
 
 
 def training_memory(model: GPT, batch_size: int, dtype: torch.dtype) -> dict:
@@ -357,26 +363,19 @@ def training_memory(model: GPT, batch_size: int, dtype: torch.dtype) -> dict:
     transients together (the cross entropy's float32 gradients are the largest)."""
     T, V = model.config.block_size, model.config.vocab_size
     idx = torch.randint(V, (batch_size, T))
-    autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32)
-    params = {storage_key(p) for p in model.parameters()}
-    saved = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if storage_key(t) not in params:
-            saved[storage_key(t)] = t.untyped_storage().nbytes()
-        return t
+    params = frozenset(storage_key(p) for p in model.parameters())
+    name = str(dtype).removeprefix("torch.")  # devices.autocast takes the name, as settings do
 
     def micro_step():
-        with autocast, AsOnGPU():
+        with autocast("cpu", name), AsOnGPU():
             loss = model(idx, idx)[1]  # the logits dropped at once, as train.py drops them
         (loss + model.aux_loss).backward()
 
     micro_step()  # the gradients exist from here on, as in an accumulation's later micro-steps
-    live = LiveBytes()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), live:
-        micro_step()
+    with LiveBytes() as live:
+        saved = saved_bytes(micro_step, exclude=params)
     n = sum(p.numel() for p in model.parameters())
-    return dict(params=n, states=16 * n, saved=sum(saved.values()), peak=16 * n + live.peak)
+    return dict(params=n, states=16 * n, saved=saved, peak=16 * n + live.peak)
 
 
 def memory() -> None:
@@ -410,10 +409,6 @@ def memory() -> None:
 
 # --tiny: the flags it sets when they are not given, and tiny models for --step and --sampling
 TINY = dict(C=[16], E=[4], G=[2], batch_size=4, seq_len=8, warmup=1, reps=1, rounds=2)
-
-
-def fail(message: str):
-    raise SystemExit(f"error: {message}")
 
 
 def parse(argv=None):
@@ -468,7 +463,7 @@ def parse(argv=None):
         for C in args.C:
             for E in args.E:
                 if 4 * C * G % E:
-                    fail(f"--C {C} --E {E} --G {G}: MoT's FLOP-matched expert width 4·C·G/E = "
+                    fail(f"--C {C} --E {E} --G {G}: MoT's expert-FLOP-matched width 4·C·G/E = "
                          f"{4 * C * G}/{E} is not an integer; give an E that divides it")
     problem = device_problem(args.device)
     if problem:

@@ -20,6 +20,9 @@ from mot import FFNS, GPT, GPTConfig, MixtureOfTokens
 # GPT-2's checkpoints, as transformers' GPT2LMHeadModel holds them: the same tensors under the
 # same names but for `mlp` (here `ffn`), with the matrices of its Conv1D layers stored transposed.
 GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# GPT-2's sizes on the Hugging Face hub, the names from_pretrained downloads (it also takes a
+# directory written by transformers' save_pretrained).
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 # The settings of the dense FFN's surroundings, which upcycling keeps.
 TRUNK_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias", "activation")
 
@@ -87,9 +90,9 @@ def gpt2_state_dict(hf_state: dict) -> dict:
 
 
 def from_pretrained(name_or_path: str) -> GPT:
-    """GPT-2 (gpt2, gpt2-medium, gpt2-large or gpt2-xl, which transformers downloads, or a
-    directory written by transformers' save_pretrained) as a dense GPT in eval mode, with
-    GPT-2's settings: biases, GELU (tanh), vocab_size 50257, block_size 1024."""
+    """GPT-2 (one of GPT2_NAMES, which transformers downloads, or a directory written by
+    transformers' save_pretrained) as a dense GPT in eval mode, with GPT-2's settings: biases,
+    GELU (tanh), vocab_size 50257, block_size 1024."""
     try:
         from transformers import GPT2LMHeadModel
     except ImportError:

@@ -1,8 +1,8 @@
 """
 A dataset as train.py reads it: data_root/<dataset>/{train,val}.bin (uint16 token ids) and
 meta.json, written by data/<dataset>/prepare.py; checked whole before a run writes anything
-(load), and windows of it drawn as training batches (get_batch), for train.py, sample.py's
-companions and the experiments.
+(load), and windows of it drawn as batches (get_batch): train.py's, a step ahead
+(TrainBatches), and its evaluations' (eval_batches); sample.py's companions, the experiments'.
 """
 
 import json
@@ -79,3 +79,28 @@ def get_batch(data: np.ndarray, batch_size: int, block_size: int, generator: tor
     """batch_size windows of data at random starts: x and y, each (batch_size, block_size)."""
     starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
     return windows(data, starts, block_size, device)
+
+
+class TrainBatches:
+    """A process's training batches, each drawn a step ahead of its use, so that on a GPU its copy
+    overlaps the compute. `state` is the data stream as it was before the batch drawn ahead: a
+    run resumed from it draws that batch again, as an uninterrupted run uses it."""
+
+    def __init__(self, data: np.ndarray, config, generator: torch.Generator,
+                 device: str):
+        self.data, self.config, self.generator, self.device = data, config, generator, device
+        self.state = generator.get_state()
+
+    def next(self):
+        self.state = self.generator.get_state()
+        return get_batch(self.data, self.config.batch_size, self.config.block_size,
+                                 self.generator, self.device)
+
+
+def eval_batches(data: np.ndarray, config):
+    """The eval_iters batches of every evaluation: the same windows each time, apart from
+    training's."""
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    for _ in range(config.eval_iters):
+        yield get_batch(data, config.batch_size, config.block_size, generator,
+                                config.device)

@@ -17,7 +17,6 @@ token by token and not printed, so that every group is like a training batch. Wi
 
 import argparse
 import os
-from contextlib import nullcontext
 from typing import Callable, Optional, Tuple
 
 import numpy as np
@@ -25,15 +24,11 @@ import tiktoken
 import torch
 
 import convert
-from devices import device_problem, native_dtype
+import dataset
+from configurator import fail
+from convert import GPT2_NAMES
+from devices import autocast, device_problem, native_dtype
 from mot import GPT
-
-
-GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # --init_from's, from the hub
-
-
-def fail(message: str):
-    raise SystemExit(f"error: {message}")
 
 
 def load_tokenizer(meta: dict, source: str) -> Tuple[Callable[[str], list],
@@ -92,8 +87,7 @@ def companions(model: GPT, checkpoint: dict, num_samples: int, length: int,
     if os.path.getsize(path) % 2:
         fail(f"{path} has {os.path.getsize(path)} bytes, not whole uint16 tokens: {damaged}")
     data = np.memmap(path, dtype=np.uint16, mode="r")
-    starts = torch.randint(len(data) - length, (count,), generator=generator).tolist()
-    windows = torch.stack([torch.from_numpy(data[i:i + length].astype(np.int64)) for i in starts])
+    windows = dataset.get_batch(data, count, length, generator)[0]  # the inputs; no targets here
     if int(windows.max()) >= model.config.vocab_size:
         fail(f"{path} holds token id {int(windows.max())}, but the model's vocab_size is "
              f"{model.config.vocab_size}: not the data it trained on; {damaged}")
@@ -104,8 +98,8 @@ def main(argv: Optional[list] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--init_from", default="resume",
-                        help="resume: the run in --out_dir; gpt2, gpt2-medium, gpt2-large, "
-                             "gpt2-xl or a directory saved by transformers: GPT-2's weights")
+                        help=f"resume: the run in --out_dir; {', '.join(GPT2_NAMES)} "
+                             f"or a directory saved by transformers: GPT-2's weights")
     parser.add_argument("--out_dir", default="out", help="directory holding ckpt.pt")
     parser.add_argument("--start", default="\n",
                         help="prompt text, or FILE:path to read it from a file")
@@ -154,7 +148,6 @@ def main(argv: Optional[list] = None) -> None:
             fail(f"--start={args.start}: the file is not UTF-8 text; save it as UTF-8")
         except OSError as e:
             fail(f"--start={args.start}: cannot read the file ({e.strerror})")
-    device_type = torch.device(args.device).type
     dtype = args.dtype or native_dtype(args.device)
 
     torch.manual_seed(args.seed)
@@ -175,9 +168,7 @@ def main(argv: Optional[list] = None) -> None:
     generator = torch.Generator().manual_seed(args.seed)
     fill = (companions(model, checkpoint, args.num_samples, len(ids) + args.max_new_tokens,
                        generator) if args.companions else None)
-    autocast = (nullcontext() if dtype == "float32"
-                else torch.amp.autocast(device_type, dtype=getattr(torch, dtype)))
-    with autocast:
+    with autocast(args.device, dtype):
         y = model.generate(x, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                            companions=fill)
     for row in y.tolist():

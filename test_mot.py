@@ -1,8 +1,15 @@
 """Tests of mot.py: the properties that define Mixture of Tokens (causality, grouping, continuity),
 checked with hypothesis over random configurations, and the layers against the slow loops of
 reference.py, which follow the README's steps 1-5 literally. Tiny models, float64 where exactness
-matters: `python -m pytest -q test_mot.py`."""
+matters: `python -m pytest -q test_mot.py`.
 
+The tests that take the `device` fixture run on pytest's --device (conftest.py; default cpu; the
+GPU check gives cuda): their models and inputs are drawn on the CPU, the same numbers on every
+device, then moved there, and reference.py's loops run on the CPU; in 16 bits they allow
+TOLERANCE. The others state what no device changes (settings, FLOP counts) or the CPU's own facts
+(init draws, saved bytes, torch's paths on a faked GPU), and run on the CPU."""
+
+import copy
 import inspect
 import math
 
@@ -16,6 +23,7 @@ from torch.func import functional_call
 import convert
 import mot
 import moe_kernels
+from bench import saved_bytes
 from mot import (FFNS, GPT, MLP, GPTConfig, MixtureOfExperts, MixtureOfTokens,
                  MixtureOfTokensEmitSoftmax)
 from reference import expert, loop_expert_choice, loop_moe, loop_mot
@@ -28,6 +36,8 @@ B6 = (6, 3, 8)  # (B, T, C) for GROUPED layers
 MIXING_KINDS = tuple(kind for kind, ffn in FFNS.items() if ffn.mixes_examples)  # MoT and variant
 # Property tests: the same examples on every run (no flaky CI), several per property.
 PROPERTY = settings(max_examples=25, deadline=None, database=None, derandomize=True)
+# max |error| / max |float64 reference| allowed in each dtype: a few roundings of its precision
+TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 3e-3, torch.float32: 1e-4}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -43,8 +53,9 @@ def generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def randn(*shape, seed=0) -> torch.Tensor:
-    return torch.randn(*shape, generator=generator(seed), dtype=DT)
+def randn(*shape, seed=0, device="cpu") -> torch.Tensor:
+    """Drawn on the CPU, so the same numbers on every device."""
+    return torch.randn(*shape, generator=generator(seed), dtype=DT).to(device)
 
 
 def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -58,11 +69,11 @@ def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return module
 
 
-def make_layer(seed=0, **overrides):
+def make_layer(seed=0, device="cpu", **overrides):
     """An FFN layer (MoT by default) from tiny_config(**overrides), float64, random weights, in
     eval mode, where MoT keeps its merge weights for inspection (tiny_config has no dropout)."""
     config = tiny_config(**overrides)
-    return randomize_(FFNS[config.ffn].from_config(config).to(DT), seed).eval()
+    return randomize_(FFNS[config.ffn].from_config(config).to(DT), seed).to(device).eval()
 
 
 def copy_weights(src: torch.nn.Module, dst: torch.nn.Module) -> None:
@@ -72,18 +83,21 @@ def copy_weights(src: torch.nn.Module, dst: torch.nn.Module) -> None:
     assert not unexpected and set(missing) <= {"log_temperature"}
 
 
-def make_gpt(seed=0, **overrides) -> GPT:
-    """A float64 GPT (2 layers unless overridden) in train mode, dropout 0, FFN weights random."""
+def make_gpt(seed=0, device="cpu", **overrides) -> GPT:
+    """A float64 GPT (2 layers unless overridden) in train mode, dropout 0, FFN weights random;
+    built on the CPU (the same weights on every device), then moved to the device."""
     torch.manual_seed(seed)
     model = GPT(tiny_config(**{**dict(n_layer=2, n_head=2, n_embd=16), **overrides}))
     model = model.to(DT).train()
     for layer in model.ffns((MixtureOfTokens, MixtureOfExperts)):
         randomize_(layer, seed)
-    return model
+    return model.to(device)
 
 
 def random_tokens(model: GPT, B: int, T: int, seed=0) -> torch.Tensor:
-    return torch.randint(model.config.vocab_size, (B, T), generator=generator(seed))
+    """Token ids on the model's device."""
+    ids = torch.randint(model.config.vocab_size, (B, T), generator=generator(seed))
+    return ids.to(model.lm_head.weight.device)
 
 
 def all_logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
@@ -95,6 +109,7 @@ def change_after(model: GPT, idx: torch.Tensor, rows, t: int, seed=0) -> torch.T
     """idx with every token after position t of the given rows replaced by a different token."""
     V, changed = model.config.vocab_size, idx.clone()
     shift = torch.randint(1, V, changed[rows, t + 1:].shape, generator=generator(seed))
+    shift = shift.to(idx.device)
     changed[rows, t + 1:] = (changed[rows, t + 1:] + shift) % V
     return changed
 
@@ -110,6 +125,20 @@ def change_ratios(layer, x, deltas: dict, eps_list) -> list:
     with torch.no_grad():
         base = layer(x)
         return [float((perturbed(layer, x, deltas, eps) - base).norm() / eps) for eps in eps_list]
+
+
+def on(device: torch.device, layer, x: torch.Tensor):
+    """A drawn (layer, input) on the device of the test."""
+    return layer.to(device), x.to(device)
+
+
+def on_cpu(loop, layer, x: torch.Tensor, *args):
+    """reference.py's loop on CPU copies of the layer and x: the definition, the same on every
+    device; its tensors back on x's device."""
+    result = loop(copy.deepcopy(layer).cpu(), x.cpu(), *args)
+    back = [r.to(x.device) if isinstance(r, torch.Tensor) else r
+            for r in (result if isinstance(result, tuple) else (result,))]
+    return tuple(back) if isinstance(result, tuple) else back[0]
 
 
 def orthogonal_part(v: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -161,11 +190,11 @@ def mixing_setups(draw, kinds=MIXING_KINDS, G=st.integers(1, 4), E=st.integers(1
 # ----------------------------------------------------------------------------- causality
 
 
-def check_causal(setup, data):
+def check_causal(setup, data, device="cpu"):
     """Changing the tokens after position t, in any set of sequences, leaves every logit at
     positions <= t unchanged; the change is visible at t + 1."""
     config, B, seed = setup
-    model = make_gpt(seed, **vars(config))
+    model = make_gpt(seed, device, **vars(config))
     T = config.block_size
     idx = random_tokens(model, B, T, seed)
     t = data.draw(st.integers(0, T - 2), label="t")
@@ -177,16 +206,16 @@ def check_causal(setup, data):
 
 @PROPERTY
 @given(setup=gpt_setups(), data=st.data())
-def test_gpt_is_causal(setup, data):
+def test_gpt_is_causal(setup, data, device):
     """check_causal for every FFN kind of FFNS (when drawn: a kind registered later is covered
     too)."""
-    check_causal(setup, data)
+    check_causal(setup, data, device)
 
 
-def test_expert_choice_moe_is_not_causal():
+def test_expert_choice_moe_is_not_causal(device):
     """Expert choice ranks tokens over the whole batch, so future tokens can change past logits."""
     for seed in range(20):
-        model = make_gpt(seed, ffn="moe", moe_routing="expert_choice")
+        model = make_gpt(seed, device, ffn="moe", moe_routing="expert_choice")
         idx = random_tokens(model, 2, 6, seed)
         t = 2
         changed = all_logits(model, change_after(model, idx, [0, 1], t, seed))
@@ -200,32 +229,32 @@ def test_expert_choice_moe_is_not_causal():
 
 @PROPERTY
 @given(setup=mixing_setups())
-def test_groups_are_independent_and_permutations_inside_a_group_commute(setup):
+def test_groups_are_independent_and_permutations_inside_a_group_commute(setup, device):
     """The batch's output equals each group of G examples run alone; permuting the examples
     inside each group permutes the outputs and the merge weights the same way."""
-    layer, x = setup
+    layer, x = on(device, *setup)
     G = layer.group_size
     out, weights = layer(x), layer.merge_weights
     torch.testing.assert_close(out, torch.cat([layer(group) for group in x.split(G)]))
     perm = torch.cat([g * G + torch.randperm(G, generator=generator(g))
-                      for g in range(len(x) // G)])
+                      for g in range(len(x) // G)]).to(device)
     torch.testing.assert_close(layer(x[perm]), out[perm])
     torch.testing.assert_close(layer.merge_weights, weights[perm])
 
 
 @PROPERTY
 @given(setup=mixing_setups(E=st.integers(3, 4), H=st.integers(4, 5)), data=st.data())
-def test_a_token_reaches_its_group_at_its_position_only(setup, data):
+def test_a_token_reaches_its_group_at_its_position_only(setup, data, device):
     """Changing x[b, t] changes out[b', t] for every b' in b's group, and nothing else: tokens
     are mixed across the examples of a group, never across positions or groups."""
-    layer, x = setup
+    layer, x = on(device, *setup)
     B, T, C = x.shape
     G = layer.group_size
     b, t = data.draw(st.integers(0, B - 1), label="b"), data.draw(st.integers(0, T - 1), label="t")
     changed = x.clone()
-    changed[b, t] += randn(C, seed=b * T + t)
+    changed[b, t] += randn(C, seed=b * T + t, device=device)
     diff = (layer(changed) - layer(x)).abs().amax(-1)  # (B, T)
-    reached = torch.zeros(B, T, dtype=torch.bool)
+    reached = torch.zeros(B, T, dtype=torch.bool, device=device)
     reached[b // G * G:(b // G + 1) * G, t] = True
     assert (diff[reached] > 1e-9).all(), diff
     assert (diff[~reached] <= 1e-12).all(), diff
@@ -233,64 +262,67 @@ def test_a_token_reaches_its_group_at_its_position_only(setup, data):
 
 @PROPERTY
 @given(setup=mixing_setups(kinds=("mot",), G=st.just(1)))
-def test_group_size_one_is_a_dense_ffn_of_width_experts_times_expert_size(setup):
+def test_group_size_one_is_a_dense_ffn_of_width_experts_times_expert_size(setup, device):
     """G = 1: every merge weight is 1, so MoT is one dense ReLU FFN whose hidden layer is all
     the experts' hidden units side by side (width E·H), and examples do not interact."""
-    layer, x = setup
+    layer, x = on(device, *setup)
     E, C, H = layer.w1.shape
     w_in = layer.w1.permute(1, 0, 2).reshape(C, E * H)  # (C, E·H)
     w_out = layer.w2.reshape(E * H, C)  # (E·H, C)
     torch.testing.assert_close(layer(x), F.relu(x @ w_in) @ w_out)
-    torch.testing.assert_close(layer.merge_weights, torch.ones(*x.shape[:2], E, dtype=DT))
+    torch.testing.assert_close(layer.merge_weights,
+                               torch.ones(*x.shape[:2], E, dtype=DT, device=device))
 
 
 @PROPERTY
 @given(setup=mixing_setups(kinds=("mot",)))
-def test_mot_matches_the_loop_reference(setup):
+def test_mot_matches_the_loop_reference(setup, device):
     """For random shapes and τ: the layer equals the literal loop of steps 1-5, and its merge
     weights sum to 1 over each group."""
-    layer, x = setup
+    layer, x = on(device, *setup)
     n_groups, G, T, E = len(x) // layer.group_size, layer.group_size, x.shape[1], \
         layer.w1.shape[0]
-    out, weights = loop_mot(layer, x, layer.temperature.item())
+    out, weights = on_cpu(loop_mot, layer, x, layer.temperature.item())
     torch.testing.assert_close(layer(x), out, **TOL)
     torch.testing.assert_close(layer.merge_weights, weights, **TOL)
     torch.testing.assert_close(layer.merge_weights.view(n_groups, G, T, E).sum(1),
-                               torch.ones(n_groups, T, E, dtype=DT))
+                               torch.ones(n_groups, T, E, dtype=DT, device=device))
 
 
 @pytest.mark.parametrize("tau", [1.0, 0.25, 4.0, "discrete"])
-def test_mot_matches_the_loop_reference_at_fixed_temperatures(tau):
+def test_mot_matches_the_loop_reference_at_fixed_temperatures(tau, device):
     """The same at τ = 0.25, 1, 4 exactly as configured, and in discrete (argmax) mode."""
     discrete = tau == "discrete"
-    layer = make_layer(**GROUPED, **(dict(mot_routing="discrete") if discrete
-                                     else dict(temperature=tau)))
-    x = randn(*B6)
-    out, weights = loop_mot(layer, x, 1.0 if discrete else tau, discrete)
+    layer = make_layer(device=device, **GROUPED, **(dict(mot_routing="discrete") if discrete
+                                                    else dict(temperature=tau)))
+    x = randn(*B6, device=device)
+    out, weights = on_cpu(loop_mot, layer, x, 1.0 if discrete else tau, discrete)
     torch.testing.assert_close(layer(x), out, **TOL)
     torch.testing.assert_close(layer.merge_weights, weights, **TOL)
 
 
-def test_emit_softmax_variant_emits_a_convex_combination_of_the_experts():
+def test_emit_softmax_variant_emits_a_convex_combination_of_the_experts(device):
     """mot_emit_softmax merges like MoT, but a token's emit weights are a softmax over experts."""
-    mixture, variant = make_layer(**GROUPED), make_layer(**GROUPED, ffn="mot_emit_softmax")
-    x = randn(*B6)
+    mixture = make_layer(device=device, **GROUPED)
+    variant = make_layer(device=device, **GROUPED, ffn="mot_emit_softmax")
+    x = randn(*B6, device=device)
     torch.testing.assert_close(variant.state_dict(), mixture.state_dict())  # the same weights
     logits = (x @ variant.controller).view(2, 3, 3, 4).transpose(1, 2)  # (n, T, G, E)
     emit = variant.get_emit_weights(logits, variant.get_merge_weights(logits))
-    torch.testing.assert_close(emit.sum(-1), torch.ones(2, 3, 3, dtype=DT))
+    torch.testing.assert_close(emit.sum(-1), torch.ones(2, 3, 3, dtype=DT, device=device))
     torch.testing.assert_close(emit, torch.softmax(logits, dim=-1))
     assert not torch.allclose(variant(x), mixture(x))
     torch.testing.assert_close(variant.merge_weights, mixture.merge_weights)
 
 
 @pytest.mark.parametrize("routing", ["uniform", "random", "discrete"])
-def test_merge_entropy_is_the_normalised_entropy_over_each_group(routing):
+def test_merge_entropy_is_the_normalised_entropy_over_each_group(routing, device):
     """merge_entropy() = mean over (group, t, e) of −Σ_i w log w / log G: 1 for plain averages,
     0 for one-hot weights."""
     discrete = routing == "discrete"
-    layer = make_layer(**GROUPED, mot_routing="discrete" if discrete else "continuous")
-    x = randn(*B6)
+    layer = make_layer(device=device, **GROUPED,
+                       mot_routing="discrete" if discrete else "continuous")
+    x = randn(*B6, device=device)
     if routing == "uniform":
         with torch.no_grad():
             layer.controller.zero_()
@@ -302,10 +334,10 @@ def test_merge_entropy_is_the_normalised_entropy_over_each_group(routing):
     assert routing != "random" or 0.05 < expected < 0.95
 
 
-def test_merge_entropy_after_an_eval_batch_with_a_partial_group():
+def test_merge_entropy_after_an_eval_batch_with_a_partial_group(device):
     """merge_entropy() is a number in [0, 1] after an eval forward whose batch was padded."""
-    layer = make_layer(**GROUPED).eval()
-    layer(randn(4, 3, 8))
+    layer = make_layer(device=device, **GROUPED).eval()
+    layer(randn(4, 3, 8, device=device))
     assert 0.0 <= layer.merge_entropy() <= 1.0
 
 
@@ -318,7 +350,7 @@ def tie(layer, x) -> dict:
     """Make examples 0 and 1 (one group) tie for expert 0 at position 0, example 0 winning by
     1e-12, and return a random direction for every parameter in which example 1 wins for any
     step eps > 0: a discrete router switches there, a continuous one does not notice."""
-    deltas = {name: randn(*p.shape, seed=7 + i)
+    deltas = {name: randn(*p.shape, seed=7 + i, device=p.device)
               for i, (name, p) in enumerate(layer.named_parameters())}
     diff = x[0, 0] - x[1, 0]
     with torch.no_grad():
@@ -330,12 +362,12 @@ def tie(layer, x) -> dict:
 
 @PROPERTY
 @given(setup=mixing_setups(G=st.just(2), H=st.integers(4, 5)))
-def test_mot_is_lipschitz_in_its_parameters_even_at_a_routing_tie(setup):
+def test_mot_is_lipschitz_in_its_parameters_even_at_a_routing_tie(setup, device):
     """Moving every parameter by eps·d changes the output by at most L·eps, for eps from 1e-1
     down to 1e-4, L = 2·(the ratio at the smallest eps), at a routing tie too; the ratio
     converges (the layer is differentiable there). The same weights with argmax routing (the
     τ → 0 limit) jump: ||Δout||/eps grows like 1/eps."""
-    layer, x = setup
+    layer, x = on(device, *setup)
     assume(float((x[0, 0] - x[1, 0]).norm()) > 0.1)
     deltas = tie(layer, x)
     ratios = change_ratios(layer, x, deltas, EPS)
@@ -350,26 +382,29 @@ def test_mot_is_lipschitz_in_its_parameters_even_at_a_routing_tie(setup):
         assert jumps[-1] > 100 * jumps[0], jumps
 
 
-def test_mot_gradcheck():
+def test_mot_gradcheck(device):
     """MoT is differentiable in its input and in controller, w1, w2 (float64 gradcheck, τ != 1)."""
-    layer = make_layer(n_embd=4, n_experts=3, group_size=2, expert_size=5, temperature=0.7)
+    layer = make_layer(device=device, n_embd=4, n_experts=3, group_size=2, expert_size=5,
+                       temperature=0.7)
     names = ("controller", "w1", "w2")
 
     def f(x, *params):
         return functional_call(layer, dict(zip(names, params)), (x,))
 
-    inputs = (randn(4, 2, 4).requires_grad_(),
+    inputs = (randn(4, 2, 4, device=device).requires_grad_(),
               *(getattr(layer, n).detach().clone().requires_grad_() for n in names))
     assert torch.autograd.gradcheck(f, inputs)
 
 
-def test_top1_moe_output_jumps_under_arbitrarily_small_router_change():
+def test_top1_moe_output_jumps_under_arbitrarily_small_router_change(device):
     """Top-1 MoE: at a router tie, nudging the router by ±δ flips the expert; the output jump
     does not vanish as δ -> 0."""
-    layer, x = make_layer(ffn="moe", n_experts=2, moe_top_k=1), randn(1, 1, 8)
+    layer = make_layer(device=device, ffn="moe", n_experts=2, moe_top_k=1)
+    x = randn(1, 1, 8, device=device)
     token = x[0, 0]
     with torch.no_grad():  # expert 1's logit equals expert 0's for this token
-        layer.router[:, 1] = layer.router[:, 0] + orthogonal_part(randn(8, seed=1), token)
+        layer.router[:, 1] = layer.router[:, 0] + orthogonal_part(randn(8, seed=1, device=device),
+                                                                  token)
     nudge = torch.zeros_like(layer.router)
     nudge[:, 1] = token / token.norm()
     with torch.no_grad():
@@ -388,24 +423,25 @@ def test_top1_moe_output_jumps_under_arbitrarily_small_router_change():
 def ffn_grads(layer, x, seed=1) -> dict:
     """Gradients of a random linear function of the layer's output."""
     layer.zero_grad()
-    (layer(x) * randn(*x.shape, seed=seed)).sum().backward()
+    (layer(x) * randn(*x.shape, seed=seed, device=x.device)).sum().backward()
     return {name: p.grad for name, p in layer.named_parameters()}
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_every_mot_expert_gets_a_gradient(seed):
+def test_every_mot_expert_gets_a_gradient(seed, device):
     """MoT: on every batch each expert's w1[e], w2[e] and controller column e get a gradient."""
-    layer = make_layer(seed, **GROUPED)
-    grads = ffn_grads(layer, randn(*B6, seed=seed))
+    layer = make_layer(seed, device, **GROUPED)
+    grads = ffn_grads(layer, randn(*B6, seed=seed, device=device))
     for e in range(4):
         assert (nonzero(grads["w1"][e]) and nonzero(grads["w2"][e])
                 and nonzero(grads["controller"][:, e])), e
 
 
 @pytest.mark.parametrize("top_k", [1, 2])
-def test_unused_moe_expert_gets_no_gradient(top_k):
+def test_unused_moe_expert_gets_no_gradient(top_k, device):
     """MoE: an expert that no token picks gets exactly zero gradient; the used ones do not."""
-    layer, x = make_layer(ffn="moe", n_experts=3, moe_top_k=top_k), randn(2, 4, 8)
+    layer = make_layer(device=device, ffn="moe", n_experts=3, moe_top_k=top_k)
+    x = randn(2, 4, 8, device=device)
     with torch.no_grad():
         layer.router.mul_(0.1)[0, 2] = -10.0  # channel 0 is 1 for every token: expert 2 last
         x[..., 0] = 1.0
@@ -418,17 +454,17 @@ def test_unused_moe_expert_gets_no_gradient(top_k):
 # ----------------------------------------------------------------------------- temperature
 
 
-def test_small_temperature_approaches_discrete_routing():
+def test_small_temperature_approaches_discrete_routing(device):
     """As τ -> 0 merge weights become one-hot (one token per expert per group) and the output
     approaches discrete mode."""
-    x = randn(*B6, seed=3)
-    discrete = make_layer(**GROUPED, mot_routing="discrete")
+    x = randn(*B6, seed=3, device=device)
+    discrete = make_layer(device=device, **GROUPED, mot_routing="discrete")
     expected = discrete(x)
     logits = (x @ discrete.controller).view(2, 3, 3, 4).topk(2, dim=1).values
     assert (logits[:, 0] - logits[:, 1]).min() > 0.05  # no near-ties in this input
     weight_err, out_err = [], []
     for tau in (1e-1, 1e-2, 1e-3):
-        layer = make_layer(seed=99, **GROUPED, temperature=tau)
+        layer = make_layer(seed=99, device=device, **GROUPED, temperature=tau)
         copy_weights(discrete, layer)
         out = layer(x)
         weight_err.append(float(1 - layer.merge_weights.view(2, 3, 3, 4).amax(1).min()))
@@ -438,19 +474,18 @@ def test_small_temperature_approaches_discrete_routing():
     assert out_err[0] > out_err[1] > out_err[2] and out_err[2] < 1e-12, out_err
 
 
-def test_learnable_temperature_stays_positive_and_gets_gradient():
+def test_learnable_temperature_stays_positive_and_gets_gradient(device):
     """learnable_temperature: τ = exp(θ) is a parameter starting at the config value, θ's
     gradient is the true derivative (non-zero), and τ stays > 0 however far θ moves."""
-    layer = make_layer(**GROUPED, temperature=0.5, learnable_temperature=True)
-    x = randn(*B6)
+    layer = make_layer(device=device, **GROUPED, temperature=0.5, learnable_temperature=True)
+    x = randn(*B6, device=device)
     assert "log_temperature" in dict(layer.named_parameters())
     assert scalar(layer.temperature) == pytest.approx(0.5)
     grad = ffn_grads(layer, x)["log_temperature"]
-    theta, h, r = scalar(layer.log_temperature), 1e-6, randn(*B6, seed=1)
+    theta, h, r = scalar(layer.log_temperature), 1e-6, randn(*B6, seed=1, device=device)
     with torch.no_grad():
-        loss_at = [float((functional_call(layer, {"log_temperature": torch.tensor(theta + s,
-                                                                                 dtype=DT)},
-                                          (x,)) * r).sum()) for s in (h, -h)]
+        loss_at = [float((functional_call(layer, {"log_temperature": torch.tensor(
+            theta + s, dtype=DT, device=device)}, (x,)) * r).sum()) for s in (h, -h)]
     assert float(grad) != 0
     assert float(grad) == pytest.approx((loss_at[0] - loss_at[1]) / (2 * h), rel=1e-5)
     for theta in (-30.0, -3.0, 3.0):
@@ -466,20 +501,20 @@ def test_learnable_temperature_stays_positive_and_gets_gradient():
 
 
 @pytest.mark.parametrize("B", [1, 4, 5])
-def test_eval_pads_a_partial_group_with_zero_rows(B):
+def test_eval_pads_a_partial_group_with_zero_rows(B, device):
     """Eval: a batch that is not a multiple of G gives the zero-padded batch's output, sliced."""
-    layer, x = make_layer(**GROUPED).eval(), randn(B, 3, 8)
+    layer, x = make_layer(device=device, **GROUPED).eval(), randn(B, 3, 8, device=device)
     out = layer(x)
     assert out.shape == (B, 3, 8) and layer.merge_weights.shape == (B, 3, 4)
-    padded = torch.cat([x, torch.zeros(-B % 3, 3, 8, dtype=DT)])
+    padded = torch.cat([x, torch.zeros(-B % 3, 3, 8, dtype=DT, device=device)])
     torch.testing.assert_close(out, layer(padded)[:B])
 
 
-def test_train_mode_rejects_a_partial_group():
+def test_train_mode_rejects_a_partial_group(device):
     """Train: a batch that is not a multiple of G raises a ValueError that names group_size."""
-    layer = make_layer(**GROUPED).train()
+    layer = make_layer(device=device, **GROUPED).train()
     with pytest.raises(ValueError, match="group_size"):
-        layer(randn(4, 3, 8))
+        layer(randn(4, 3, 8, device=device))
 
 
 def test_merge_entropy_before_any_forward_says_so():
@@ -487,9 +522,9 @@ def test_merge_entropy_before_any_forward_says_so():
         make_layer(**GROUPED).merge_entropy()
 
 
-def test_generate_single_sequence_with_mot():
+def test_generate_single_sequence_with_mot(device):
     """GPT.generate decodes one sequence with MoT (group_size 4): prefix kept, valid tokens."""
-    model = make_gpt(ffn="mot", group_size=4).eval()
+    model = make_gpt(device=device, ffn="mot", group_size=4).eval()
     idx = random_tokens(model, 1, 3)
     torch.manual_seed(0)
     out = model.generate(idx, max_new_tokens=7, top_k=5)  # runs past block_size=8: cropping too
@@ -500,21 +535,21 @@ def test_generate_single_sequence_with_mot():
 # ----------------------------------------------------------------------------- decoding
 
 
-def float32_gpt(kind: str, seed=0, **overrides) -> GPT:
+def float32_gpt(kind: str, seed=0, device="cpu", **overrides) -> GPT:
     """A float32 GPT in eval mode, FFN weights random, block_size 8."""
-    model = make_gpt(seed, **{**dict(ffn=kind, n_experts=4, group_size=2, moe_top_k=2),
-                              **overrides})
+    model = make_gpt(seed, device, **{**dict(ffn=kind, n_experts=4, group_size=2, moe_top_k=2),
+                                      **overrides})
     return model.float().eval()
 
 
 @pytest.mark.parametrize("kind, B", [("dense", 3), ("mot", 4), ("mot", 1), ("mot", 3),
                                      ("mot_emit_softmax", 2), ("moe", 3)])
-def test_kv_cache_decodes_exactly_as_recomputing_everything(kind, B):
+def test_kv_cache_decodes_exactly_as_recomputing_everything(kind, B, device):
     """Greedy decoding with the KV cache gives the same tokens as recomputing the whole context
     at every step, also past block_size (8); while the cache is in use, each step's logits equal
     a full forward's last-position logits. MoT too, with whole and zero-padded groups: a step
     feeds the batch's tokens of one position, exactly the groups of a full forward."""
-    model = float32_gpt(kind)
+    model = float32_gpt(kind, device=device)
     idx = random_tokens(model, B, 3)
     tokens = model.generate(idx, max_new_tokens=9, temperature=0)  # 12 tokens > block_size
     assert torch.equal(tokens, model.generate(idx, max_new_tokens=9, temperature=0,
@@ -527,12 +562,32 @@ def test_kv_cache_decodes_exactly_as_recomputing_everything(kind, B):
             torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("kind", ["dense", "mot", "moe"])
+def test_kv_cache_in_16_bits_decodes_as_recomputing_up_to_a_rounding_tie(kind, dtype, device):
+    """In 16 bits (sample.py decodes in a GPU's native dtype) the cache's kernels round otherwise
+    than a full forward's, so greedy decoding may part from recomputing where two tokens tie:
+    at the first token where they differ, the two tokens' logits (recomputed) are within
+    TOLERANCE of the largest logit."""
+    model = float32_gpt(kind, device=device).to(dtype)
+    prompt, block = random_tokens(model, 4, 3), model.config.block_size
+    cached = model.generate(prompt, max_new_tokens=9, temperature=0)
+    recomputed = model.generate(prompt, max_new_tokens=9, temperature=0, kv_cache=False)
+    differ = (cached != recomputed).any(0).nonzero().flatten().tolist()
+    for t in differ[:1]:
+        with torch.no_grad():
+            logits = model(cached[:, max(0, t - block):t])[0][:, -1].float()
+        rows = (cached[:, t] != recomputed[:, t]).nonzero().flatten()
+        gap = (logits[rows, recomputed[rows, t]] - logits[rows, cached[rows, t]]).abs().max()
+        assert gap <= TOLERANCE[dtype] * logits.abs().max(), (t, gap)
+
+
 @pytest.mark.parametrize("kv_cache", [True, False])
-def test_companions_group_a_lone_sequence_with_real_text(kv_cache):
+def test_companions_group_a_lone_sequence_with_real_text(kv_cache, device):
     """With companions, one sequence is decoded as row 0 of the batch [sequence; companions]: each
     new token is the argmax of that row's logits in a full forward over the batch, companions
     teacher-forced; they are not returned."""
-    model = float32_gpt("mot", group_size=4)
+    model = float32_gpt("mot", device=device, group_size=4)
     idx, companions = random_tokens(model, 1, 3), random_tokens(model, 3, 8, seed=1)
     tokens = model.generate(idx, max_new_tokens=5, temperature=0, companions=companions,
                             kv_cache=kv_cache)
@@ -546,17 +601,17 @@ def test_companions_group_a_lone_sequence_with_real_text(kv_cache):
         model.generate(idx, max_new_tokens=5, companions=companions[:, :7])
 
 
-def test_kv_cache_refuses_moe_whose_tokens_compete_across_positions():
+def test_kv_cache_refuses_moe_whose_tokens_compete_across_positions(device):
     for overrides in (dict(moe_routing="expert_choice"), dict(capacity_factor=1.0)):
-        model = float32_gpt("moe", **overrides)
+        model = float32_gpt("moe", device=device, **overrides)
         idx = random_tokens(model, 2, 3)
         with pytest.raises(ValueError, match="kv_cache=False"):
             model.generate(idx, max_new_tokens=2)
         assert model.generate(idx, max_new_tokens=2, kv_cache=False).shape == (2, 5)
 
 
-def test_generate_temperature_zero_is_greedy_and_bad_settings_are_errors():
-    model = float32_gpt("mot")
+def test_generate_temperature_zero_is_greedy_and_bad_settings_are_errors(device):
+    model = float32_gpt("mot", device=device)
     idx = random_tokens(model, 2, 3)
     with torch.no_grad():
         expected = model(idx)[0][:, -1].argmax(-1)
@@ -566,10 +621,10 @@ def test_generate_temperature_zero_is_greedy_and_bad_settings_are_errors():
             model.generate(idx, max_new_tokens=1, **bad)
 
 
-def test_forward_takes_targets_of_any_layout_and_rejects_bad_ids():
+def test_forward_takes_targets_of_any_layout_and_rejects_bad_ids(device):
     """targets may be a strided view (x, y = seq[:, :-1], seq[:, 1:]); an empty batch or
     sequence, or ids outside [0, vocab_size), is a ValueError naming the limit."""
-    model = float32_gpt("dense")
+    model = float32_gpt("dense", device=device)
     seq = random_tokens(model, 2, 7)
     x, y = seq[:, :-1], seq[:, 1:]
     torch.testing.assert_close(model(x, y)[1], model(x, y.contiguous())[1])
@@ -581,10 +636,11 @@ def test_forward_takes_targets_of_any_layout_and_rejects_bad_ids():
 
 @pytest.mark.parametrize("routing", ["discrete", "token_choice"])
 @pytest.mark.parametrize("dtype, training", [(torch.float64, True), (torch.bfloat16, False)])
-def test_to_sparse_keeps_dtype_and_mode(routing, dtype, training):
-    model = make_gpt(ffn="mot").to(dtype).train(training)
+def test_to_sparse_keeps_dtype_and_mode(routing, dtype, training, device):
+    model = make_gpt(device=device, ffn="mot").to(dtype).train(training)
     sparse = convert.to_sparse(model, routing)
     assert all(p.dtype == dtype for p in sparse.parameters())
+    assert all(p.device == device for p in sparse.parameters())  # and on the model's device
     assert sparse.training == training
 
 
@@ -592,34 +648,62 @@ def test_to_sparse_keeps_dtype_and_mode(routing, dtype, training):
 
 
 @pytest.mark.parametrize("top_k", [1, 2, 3])
-def test_moe_token_choice_matches_loop_reference(top_k):
+def test_moe_token_choice_matches_loop_reference(top_k, device):
     """Dropless top-k: out(x) = Σ over its top-k experts of p_e(x) · expert_e(x), per token."""
-    layer = make_layer(ffn="moe", n_experts=4, moe_top_k=top_k, expert_size=16)
-    x = randn(2, 4, 8)
-    out, kept = loop_moe(layer, x)
+    layer = make_layer(device=device, ffn="moe", n_experts=4, moe_top_k=top_k, expert_size=16)
+    x = randn(2, 4, 8, device=device)
+    out, kept = on_cpu(loop_moe, layer, x)
     assert kept == 8 * top_k
     torch.testing.assert_close(layer(x), out)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("kind, capacity", [("mot", None), ("moe", None), ("moe", 16)])
+def test_layers_in_each_dtype_match_the_loops_up_to_rounding(kind, capacity, dtype, device):
+    """MoT, and top-2 MoE with and without a capacity (widths where MoE runs torch's grouped_mm),
+    in the dtype on the device: within TOLERANCE of reference.py's loops, run in float64 on the
+    CPU on the same weights and input, rounded to the dtype. MoE's router logits are a
+    permutation of 0..3 for each token, so every dtype routes alike (a tie would swap experts)."""
+    torch.manual_seed(0)
+    if kind == "mot":
+        layer, x = MixtureOfTokens(64, n_experts=8, group_size=4).eval(), torch.randn(8, 5, 64)
+    else:  # 32 tokens, top-2 of 4 experts: capacity 16 (factor 1.0) drops some
+        layer = MixtureOfExperts(64, n_experts=4, top_k=2, capacity_factor=capacity and 1.0)
+        x = torch.randn(4, 8, 64)
+        x[..., :4] = torch.rand(4, 8, 4).argsort(-1).float()
+        with torch.no_grad():
+            layer.router.zero_()[:4] = torch.eye(4)
+    layer, x = layer.to(dtype), x.to(dtype)
+    loop = copy.deepcopy(layer).double()
+    expected, _ = (loop_mot(loop, x.double(), loop.temperature.item()) if kind == "mot" else
+                   loop_moe(loop, x.double(), capacity))
+    with torch.no_grad():
+        out = layer.to(device)(x.to(device))
+    assert out.dtype == dtype
+    assert relative_error(out, expected) <= TOLERANCE[dtype]
+
+
 @pytest.mark.parametrize("top_k, capacity_factor", [(1, None), (2, None), (2, 0.5)])
-def test_moe_grouped_matmul_in_float32_matches_the_loop_reference(top_k, capacity_factor):
+def test_moe_grouped_matmul_in_float32_matches_the_loop_reference(top_k, capacity_factor,
+                                                                  device):
     """In float32 with widths that are multiples of 4, the experts run in torch's grouped_mm
-    (float64 takes a loop over the experts): the same outputs and gradients as the loop."""
-    layer = make_layer(ffn="moe", n_experts=4, moe_top_k=top_k, capacity_factor=capacity_factor,
-                       expert_size=16).float()
-    x = randn(4, 8, 8, seed=2).float().requires_grad_()
+    (float64 takes a loop over the experts): the same outputs and gradients as the loop (float64,
+    on the CPU)."""
+    layer = make_layer(device=device, ffn="moe", n_experts=4, moe_top_k=top_k,
+                       capacity_factor=capacity_factor, expert_size=16).float()
+    x = randn(4, 8, 8, seed=2, device=device).float().requires_grad_()
     capacity = None if capacity_factor is None else math.ceil(capacity_factor * 32 * top_k / 4)
     reference = make_layer(ffn="moe", n_experts=4, moe_top_k=top_k, expert_size=16,
                            capacity_factor=capacity_factor)  # float64: the expert loop
     copy_weights(layer, reference)
-    expected, _ = loop_moe(reference, x.detach().double(), capacity)
+    expected, _ = loop_moe(reference, x.detach().double().cpu(), capacity)
     out = layer(x)
-    torch.testing.assert_close(out, expected.float(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out, expected.float().to(device), rtol=1e-5, atol=1e-6)
     grads = ffn_grads(layer, x)
-    reference_grads = ffn_grads(reference.train(), x.detach().double())
+    reference_grads = ffn_grads(reference.train(), x.detach().double().cpu())
     for name in ("router", "w1", "w2"):
-        torch.testing.assert_close(grads[name], reference_grads[name].float(), rtol=1e-4,
-                                   atol=1e-6)
+        torch.testing.assert_close(grads[name], reference_grads[name].float().to(device),
+                                   rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("device, dtype, capability, grouped, syncs", [
@@ -645,20 +729,21 @@ def test_moe_runs_grouped_mm_where_torch_takes_it_and_knows_where_it_syncs(
 def gathered_mm(a, b, offsets):
     """The grouped product the slow, obvious way: each row times its own copy of its group's
     matrix (a (K, N) matrix per row: what the fallback must never do)."""
-    group = torch.searchsorted(offsets, torch.arange(a.shape[0]), right=True)
+    group = torch.searchsorted(offsets, torch.arange(a.shape[0], device=a.device), right=True)
     return torch.bmm(a.unsqueeze(1), b[group]).squeeze(1)
 
 
 @pytest.mark.parametrize("dtype, k, n", [(torch.float64, 8, 16), (torch.float32, 6, 10),
                                          (torch.float32, 8, 16)])
 @pytest.mark.parametrize("rows", [(3, 0, 5, 1), (0, 0, 4, 0)])  # rows per group, empty ones too
-def test_grouped_mm_equals_the_gathered_product_with_its_gradients(dtype, k, n, rows):
+def test_grouped_mm_equals_the_gathered_product_with_its_gradients(dtype, k, n, rows, device):
     """Whichever path grouped_mm takes (the loop for float64 or unaligned widths, torch's
     grouped_mm otherwise), its output and the gradients of both operands are the gather's."""
-    offsets = torch.tensor(rows).cumsum(0).to(torch.int32)
-    a = torch.randn(sum(rows), k, generator=generator(0), dtype=dtype).requires_grad_()
-    b = torch.randn(len(rows), k, n, generator=generator(1), dtype=dtype).requires_grad_()
-    weights = torch.randn(sum(rows), n, generator=generator(2), dtype=dtype)
+    offsets = torch.tensor(rows).cumsum(0).to(device, torch.int32)
+    a = torch.randn(sum(rows), k, generator=generator(0), dtype=dtype).to(device).requires_grad_()
+    b = torch.randn(len(rows), k, n, generator=generator(1), dtype=dtype).to(device)
+    b.requires_grad_()
+    weights = torch.randn(sum(rows), n, generator=generator(2), dtype=dtype).to(device)
     results = []
     for product in (moe_kernels.grouped_mm, gathered_mm):
         out = product(a, b, offsets)
@@ -668,17 +753,33 @@ def test_grouped_mm_equals_the_gathered_product_with_its_gradients(dtype, k, n, 
         torch.testing.assert_close(got, expected, **tolerance)
 
 
-def saved_bytes(step) -> int:
-    """The bytes of the tensors autograd saves for the backward pass while step() runs (views of
-    one storage count once): the activation memory of a forward."""
-    saved = {}
+def relative_error(x: torch.Tensor, reference: torch.Tensor) -> float:
+    """max |x - reference| / max |reference|, in float64 on the CPU."""
+    reference = reference.detach().double().cpu()
+    return float((x.detach().double().cpu() - reference).abs().max() / reference.abs().max())
 
-    def pack(t: torch.Tensor):
-        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        step()
-    return sum(saved.values())
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+def test_grouped_mm_in_each_dtype_is_the_float64_product_up_to_rounding(dtype, device):
+    """At the shakespeare MoE recipe's widths (384 -> 1536: torch's grouped_mm, on CUDA its fast
+    kernel or its loop over the groups) with uneven groups, one empty: the output and both
+    gradients within TOLERANCE of float64's on the same numbers (drawn in the dtype)."""
+    K, N, sizes = 384, 1536, [64, 0, 32, 32, 64, 16, 16, 32]
+    offsets = torch.tensor(sizes).cumsum(0).to(torch.int32)
+    a, b, grad = (torch.randn(*shape, generator=generator(seed)).to(dtype) for seed, shape in
+                  enumerate([(sum(sizes), K), (len(sizes), K, N), (sum(sizes), N)]))
+    b = b / K ** 0.5
+    a64, b64 = (t.double().requires_grad_() for t in (a, b))
+    ends = offsets.tolist()
+    expected = torch.cat([a64[start:end] @ b64[g]  # group by group (a gather: 1 GiB here)
+                          for g, (start, end) in enumerate(zip([0] + ends[:-1], ends))])
+    expected.backward(grad.double())
+    a, b = (t.to(device).requires_grad_() for t in (a, b))
+    out = moe_kernels.grouped_mm(a, b, offsets.to(device))
+    out.backward(grad.to(device))
+    assert out.dtype == dtype
+    for got, reference in ((out, expected), (a.grad, a64.grad), (b.grad, b64.grad)):
+        assert relative_error(got, reference) <= TOLERANCE[dtype]
 
 
 @pytest.mark.parametrize("dtype, n_embd", [(torch.float64, 64), (torch.float32, 66)])
@@ -698,7 +799,7 @@ def test_moe_off_torchs_grouped_mm_stays_linear_in_memory(dtype, n_embd):
     assert layer_bytes(dtype, n_embd) <= 1.1 * grouped * dtype.itemsize / 4 * n_embd / 64
 
 
-def test_a_training_forward_reads_nothing_back_to_the_host(monkeypatch):
+def test_a_training_forward_reads_nothing_back_to_the_host(monkeypatch, device):
     """In training mode no FFN kind's forward and backward reads a tensor's value on the host
     (each read waits for the GPU); the id check runs in eval mode, MoT keeps its merge weights
     only there."""
@@ -708,7 +809,7 @@ def test_a_training_forward_reads_nothing_back_to_the_host(monkeypatch):
         monkeypatch.setattr(torch.Tensor, method, lambda self, *a, _o=original, _m=method:
                             reads.append(_m) or _o(self, *a))
     for kind in FFNS:  # float32: MoE's experts in torch's grouped_mm (float64 reads its offsets)
-        model = make_gpt(ffn=kind, n_experts=4, group_size=2, moe_top_k=2).float()
+        model = make_gpt(device=device, ffn=kind, n_experts=4, group_size=2, moe_top_k=2).float()
         idx = random_tokens(model, 4, 8)
         _, loss = model(idx, idx)
         (loss + model.aux_loss).backward()
@@ -719,11 +820,11 @@ def test_a_training_forward_reads_nothing_back_to_the_host(monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["dense", "mot", "moe"])
-def test_fused_adamw_matches_the_for_loop_adamw(kind):
-    """configure_optimizers asks for torch's fused AdamW on a CPU; a few steps of it leave the
-    weights within float32 round-off of the plain for-loop AdamW's."""
-    models = [float32_gpt(kind).train() for _ in range(2)]
-    fused = models[0].configure_optimizers(0.1, 1e-2, (0.9, 0.99), "cpu")
+def test_fused_adamw_matches_the_for_loop_adamw(kind, device):
+    """configure_optimizers asks for torch's fused AdamW on a CPU and on CUDA; a few steps of it
+    leave the weights within float32 round-off of the plain for-loop AdamW's."""
+    models = [float32_gpt(kind, device=device).train() for _ in range(2)]
+    fused = models[0].configure_optimizers(0.1, 1e-2, (0.9, 0.99), device.type)
     assert fused.defaults["fused"]
     loop = torch.optim.AdamW([dict(g, params=[dict(models[1].named_parameters())[n]
                                               for n, p in models[0].named_parameters()
@@ -743,13 +844,14 @@ def test_fused_adamw_matches_the_for_loop_adamw(kind):
 
 @pytest.mark.parametrize("overrides", [dict(), dict(capacity_factor=1.0),
                                        dict(moe_routing="expert_choice")])
-def test_moe_trains_under_bfloat16_autocast(overrides):
-    """bfloat16 autocast on a CPU: a MoE GPT's forward and backward run and give finite
+def test_moe_trains_under_bfloat16_autocast(overrides, device):
+    """bfloat16 autocast on the device: a MoE GPT's forward and backward run and give finite
     gradients (the expert matmuls in bfloat16, the weights and their gradients in float32)."""
     torch.manual_seed(0)
     model = GPT(tiny_config(ffn="moe", n_layer=2, n_embd=16, n_head=2, moe_top_k=2, **overrides))
-    idx = torch.randint(0, 32, (4, 8), generator=generator(0))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    model.to(device)
+    idx = torch.randint(0, 32, (4, 8), generator=generator(0)).to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         _, loss = model(idx, idx)
     (loss + model.aux_loss).backward()
     assert torch.isfinite(loss)
@@ -757,7 +859,7 @@ def test_moe_trains_under_bfloat16_autocast(overrides):
                for p in model.parameters() if p.grad is not None)
 
 
-def test_compiled_moe_gpt_has_one_graph_and_no_recompiles():
+def test_compiled_moe_gpt_has_one_graph_and_no_recompiles(device):
     """torch.compile(fullgraph=True) traces a token-choice MoE GPT whole (a graph break would
     raise), and three batches with different routing run that one graph: the dispatch has no
     data-dependent size. Losses equal eager mode's."""
@@ -766,10 +868,10 @@ def test_compiled_moe_gpt_has_one_graph_and_no_recompiles():
     torch._dynamo.reset()
     counters.clear()
     torch.manual_seed(0)
-    model = GPT(tiny_config(ffn="moe", n_layer=2, n_embd=16, n_head=2, moe_top_k=2))
+    model = GPT(tiny_config(ffn="moe", n_layer=2, n_embd=16, n_head=2, moe_top_k=2)).to(device)
     compiled = torch.compile(model, fullgraph=True)
     for seed in range(3):
-        idx = torch.randint(0, 32, (4, 8), generator=generator(seed))
+        idx = torch.randint(0, 32, (4, 8), generator=generator(seed)).to(device)
         _, loss = compiled(idx, idx)
         (loss + model.aux_loss).backward()
         torch.testing.assert_close(loss, model(idx, idx)[1], rtol=1e-5, atol=1e-6)
@@ -777,15 +879,15 @@ def test_compiled_moe_gpt_has_one_graph_and_no_recompiles():
 
 
 @pytest.mark.parametrize("top_k, capacity_factor", [(1, 0.5), (2, 0.5), (2, 1.0), (1, 1.0)])
-def test_moe_capacity_drops_overflow_in_priority_order(top_k, capacity_factor):
+def test_moe_capacity_drops_overflow_in_priority_order(top_k, capacity_factor, device):
     """With capacity ceil(cf·N·k/E), assignments beyond an expert's capacity (1st choices in
     token order, then 2nd choices) are dropped; a token with all its assignments dropped gets
     exactly zero output."""
-    layer = make_layer(ffn="moe", n_experts=4, moe_top_k=top_k, capacity_factor=capacity_factor,
-                       expert_size=16)
-    x = randn(2, 4, 8, seed=5)
+    layer = make_layer(device=device, ffn="moe", n_experts=4, moe_top_k=top_k,
+                       capacity_factor=capacity_factor, expert_size=16)
+    x = randn(2, 4, 8, seed=5, device=device)
     capacity = math.ceil(capacity_factor * 8 * top_k / 4)
-    expected, kept = loop_moe(layer, x, capacity)
+    expected, kept = on_cpu(loop_moe, layer, x, capacity)
     assert kept < 8 * top_k  # something was dropped
     out = layer(x)
     torch.testing.assert_close(out, expected)
@@ -797,9 +899,10 @@ def test_moe_capacity_drops_overflow_in_priority_order(top_k, capacity_factor):
     # p = (3,2,1,1)/7, f = (½,½,0,0)
     (2, (math.log(3), math.log(2)), 0.01 * 4 * (0.5 * 3 / 7 + 0.5 * 2 / 7)),
 ])
-def test_moe_load_balancing_loss_on_known_routing(top_k, logits, expected):
+def test_moe_load_balancing_loss_on_known_routing(top_k, logits, expected, device):
     """aux_loss = α·E·Σ_e f_e·P_e, by hand for a router that sends every token the same way."""
-    layer, x = make_layer(ffn="moe", n_experts=4, moe_top_k=top_k), randn(2, 4, 8)
+    layer = make_layer(device=device, ffn="moe", n_experts=4, moe_top_k=top_k)
+    x = randn(2, 4, 8, device=device)
     with torch.no_grad():
         layer.router.zero_()
         x[..., :2] = 1.0  # channels 0 and 1 drive experts 0 and 1 identically for every token
@@ -810,25 +913,26 @@ def test_moe_load_balancing_loss_on_known_routing(top_k, logits, expected):
 
 @pytest.mark.parametrize("top_k, capacity_factor", [(1, None), (1, 0.5), (2, None), (1, 3.0)])
 def test_expert_choice_each_expert_processes_exactly_capacity_tokens(top_k, capacity_factor,
-                                                                      monkeypatch):
+                                                                      monkeypatch, device):
     """Expert choice: each expert gets a buffer of exactly ceil(cf·N·k/E) tokens, its top-p_e
     tokens."""
-    layer = make_layer(ffn="moe", n_experts=4, moe_top_k=top_k, moe_routing="expert_choice",
-                       capacity_factor=capacity_factor, expert_size=16)
-    x = randn(2, 4, 8)
+    layer = make_layer(device=device, ffn="moe", n_experts=4, moe_top_k=top_k,
+                       moe_routing="expert_choice", capacity_factor=capacity_factor,
+                       expert_size=16)
+    x = randn(2, 4, 8, device=device)
     capacity = math.ceil((capacity_factor or 1.0) * 8 * top_k / 4)
     seen, experts = [], mot.experts
     monkeypatch.setattr(mot, "experts", lambda tokens, w1, w2, *rest:
                         seen.append(tuple(tokens.shape)) or experts(tokens, w1, w2, *rest))
     out = layer(x)
     assert seen == [(4, capacity, 8)]
-    torch.testing.assert_close(out, loop_expert_choice(layer, x, capacity))
+    torch.testing.assert_close(out, on_cpu(loop_expert_choice, layer, x, capacity))
 
 
-def test_gpt_aux_loss_is_sum_of_layers_and_loss_is_cross_entropy_only():
+def test_gpt_aux_loss_is_sum_of_layers_and_loss_is_cross_entropy_only(device):
     """GPT.aux_loss is the sum of the MoE layers' aux losses; the returned loss is the LM cross
     entropy alone."""
-    model = make_gpt(ffn="moe", moe_top_k=2)
+    model = make_gpt(device=device, ffn="moe", moe_top_k=2)
     idx, targets = random_tokens(model, 2, 6), random_tokens(model, 2, 6, seed=1)
     logits, loss = model(idx, targets)
     layers = model.ffns(MixtureOfExperts)
@@ -836,7 +940,7 @@ def test_gpt_aux_loss_is_sum_of_layers_and_loss_is_cross_entropy_only():
     torch.testing.assert_close(model.aux_loss, sum(m.aux_loss for m in layers))
     torch.testing.assert_close(loss, F.cross_entropy(logits.view(-1, logits.size(-1)),
                                                      targets.view(-1)))
-    dense = make_gpt(ffn="dense")
+    dense = make_gpt(device=device, ffn="dense")
     dense(idx, targets)
     assert scalar(dense.aux_loss) == 0.0
 
@@ -844,14 +948,14 @@ def test_gpt_aux_loss_is_sum_of_layers_and_loss_is_cross_entropy_only():
 # ----------------------------------------------------------------------------- layers and registry
 
 
-def test_layers_stand_alone_from_plain_arguments():
+def test_layers_stand_alone_from_plain_arguments(device):
     """Each FFN is built from plain arguments, with no GPTConfig, and works at once."""
     torch.manual_seed(0)
-    x = torch.randn(8, 5, 64)
+    x = torch.randn(8, 5, 64).to(device)
     for layer in (MLP(n_embd=64), MixtureOfTokens(n_embd=64, n_experts=8, group_size=4),
                   MixtureOfTokensEmitSoftmax(n_embd=64, n_experts=8, group_size=4),
                   MixtureOfExperts(n_embd=64, n_experts=8, top_k=2)):
-        out = layer(x)
+        out = layer.to(device)(x)
         assert out.shape == x.shape and torch.isfinite(out).all() and out.abs().max() > 0
 
 
@@ -935,15 +1039,15 @@ def test_dense_gpt_init_is_nanogpts_draw_for_draw():
 
 
 @pytest.mark.parametrize("kind", FFNS)
-def test_every_registered_kind_builds_a_gpt_that_trains(kind):
+def test_every_registered_kind_builds_a_gpt_that_trains(kind, device):
     """Every key of FFNS is a valid GPTConfig.ffn: the GPT builds, counts its FLOPs, and one
     AdamW step lowers its loss on a fixed batch."""
     torch.manual_seed(0)
-    model = GPT(tiny_config(ffn=kind, n_layer=2, n_embd=16, n_head=2))
+    model = GPT(tiny_config(ffn=kind, n_layer=2, n_embd=16, n_head=2)).to(device)
     assert model.flops_per_token() > 0
     assert all(isinstance(b.ffn, FFNS[kind]) for b in model.transformer.h)
-    optimizer = model.configure_optimizers(0.0, 1e-2, (0.9, 0.99), "cpu")
-    idx = torch.randint(0, 32, (4, 8), generator=generator(0))
+    optimizer = model.configure_optimizers(0.0, 1e-2, (0.9, 0.99), device.type)
+    idx = torch.randint(0, 32, (4, 8), generator=generator(0)).to(device)
     losses = []
     for _ in range(3):
         _, loss = model(idx, idx)

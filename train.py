@@ -5,135 +5,181 @@ Train a GPT whose FFN is dense, Mixture of Tokens or MoE, the nanoGPT way:
     python train.py config/train_shakespeare_char_cpu.py config/train_shakespeare_char_cpu_mot.py
     torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py config/train_gpt2_mot.py
 
-Settings: DEFAULTS, then each config file given (Python assignments), then --key=value, in order;
---help lists them. Read on top to bottom: the settings, the data, the schedules, the model, then
-main: the device (and DDP), data, model, optimizer and the training loop. Every eval appends a
-line to out_dir/log.jsonl and saves out_dir/ckpt.pt; --init_from=resume continues exactly. The run
-bookkeeping (settings checked before anything is written, one run per out_dir, checkpoints and
-exact resume, the log, Ctrl-C and SIGTERM, divergence) is in bookkeeping.py.
+Settings: TrainConfig's defaults, then each config file given (Python assignments), then
+--key=value, in order (configurator.py); --help lists them. Read on top to bottom: the settings,
+the data, the schedules, the model, then main: the device (and DDP), data, model, optimizer and
+the training loop. Every eval appends a line to out_dir/log.jsonl and saves out_dir/ckpt.pt;
+--init_from=resume continues exactly. The run bookkeeping (one run per out_dir, checkpoints and
+exact resume, the log, Ctrl-C and SIGTERM, divergence, timing) is in bookkeeping.py.
 """
 
+import importlib.util
 import math
 import os
 import sys
-from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import ClassVar, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import bookkeeping
+import checkpoints
+import configurator
 import convert
 import dataset
 from configurator import fail
-from mot import GPT, GPTConfig, MixtureOfTokens
+from devices import autocast, bf16_is_native, device_problem, native_dtype
+from mot import FFNS, GPT, GPTConfig, MixtureOfTokens
 
-DEFAULTS = dict(
+
+@dataclass
+class TrainConfig(GPTConfig):
+    """train.py's settings: the model's are GPTConfig's fields (a field added there is a setting
+    here), with train.py's own below. Every setting is checked here, when the config is made."""
+    FIXED: ClassVar = ("vocab_size",)  # not a setting: the dataset's meta.json gives it
     # I/O: every eval_interval steps, an evaluation of eval_iters batches, a log.jsonl line and a
     # checkpoint (always, or only when val loss improves)
-    out_dir="out", eval_interval=250, log_interval=10, eval_iters=200, eval_only=False,
-    always_save_checkpoint=True,
+    out_dir: str = "out"
+    eval_interval: int = 250
+    log_interval: int = 10
+    eval_iters: int = 200
+    eval_only: bool = False
+    always_save_checkpoint: bool = True
     # "scratch" | "resume" | the out_dir of a run (its weights and data, with a new optimizer
     # and schedule: finetuned as they are, or converted by transition or upcycle) | "gpt2",
     # "gpt2-medium", "gpt2-large", "gpt2-xl" or a directory saved by transformers: GPT-2's weights
-    init_from="scratch",
-    transition=None,  # with init_from=<a MoT run>: "discrete" | "token_choice" (convert.to_sparse)
-    upcycle=None,  # with init_from=<a dense run> or GPT-2: "mot" | "moe" | ... (convert.upcycle)
-    overwrite=False,  # a new run into an out_dir that holds a run deletes it (without: an error)
+    init_from: str = "scratch"
+    transition: Optional[str] = None  # with init_from=<a MoT run>: "discrete" | "token_choice"
+    upcycle: Optional[str] = None  # with init_from=<a dense run> or GPT-2: "mot" | "moe" | ...
+    overwrite: bool = False  # a new run into an out_dir that holds a run deletes it
     # data: data_root/dataset/{train,val}.bin and meta.json, written by data/<dataset>/prepare.py
-    data_root=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"),
-    dataset="shakespeare_char", gradient_accumulation_steps=1, batch_size=64,
-    # model: every field of mot.GPTConfig but vocab_size (from meta.json), at its default
-    block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.0, bias=False, activation="relu",
-    expert_bias=False, ffn="dense", n_dense_layers=0, n_experts=32, group_size=32,
-    expert_size=None, temperature=1.0, learnable_temperature=False, mot_routing="continuous",
-    controller_init_std=None, moe_top_k=1, moe_routing="token_choice", capacity_factor=None,
-    aux_loss_coef=0.01,
+    data_root: str = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+    dataset: str = "shakespeare_char"
+    gradient_accumulation_steps: int = 1
+    batch_size: int = 64
     # AdamW and the learning rate: linear warmup, then cosine decay to min_lr at lr_decay_iters
-    learning_rate=6e-4, max_iters=5000, weight_decay=1e-1, beta1=0.9, beta2=0.95, grad_clip=1.0,
-    decay_lr=True, warmup_iters=100, lr_decay_iters=5000, min_lr=6e-5,
+    learning_rate: float = 6e-4
+    max_iters: int = 5000
+    weight_decay: float = 1e-1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0: no clipping
+    decay_lr: bool = True
+    warmup_iters: int = 100
+    lr_decay_iters: int = 5000
+    min_lr: float = 6e-5
     # MoT's τ from `temperature` at iter 0 to temperature_final at lr_decay_iters, geometrically
-    temperature_final=None,
+    temperature_final: Optional[float] = None
     # system: dtype "auto" is the device's native one (devices.native_dtype): bfloat16 on GPUs
     # that compute in it, float16 (with a GradScaler) on older ones, float32 on a CPU
-    device="cuda" if torch.cuda.is_available() else "cpu", dtype="auto", compile=False,
-    seed=1337,
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype: str = "auto"
+    compile: bool = False
+    seed: int = 1337
     # Weights & Biases (pip install wandb): each log.jsonl line is also logged there
-    wandb_log=False, wandb_project="mot", wandb_run_name="mot",
-)
+    wandb_log: bool = False
+    wandb_project: str = "mot"
+    wandb_run_name: str = "mot"
 
+    def __post_init__(self):
+        super().__post_init__()
+        world_size = int(os.environ.get("WORLD_SIZE", 1))  # the processes torchrun starts
 
-# ----------------------------------------------------------------------------- data
+        def require(ok, key, why):
+            if not ok:
+                raise ValueError(f"{key}={getattr(self, key)!r}: {why}")
+        problem = device_problem(self.device)
+        require(problem is None, "device", problem)
+        for key in ("batch_size", "eval_interval", "log_interval"):
+            require(getattr(self, key) >= 1, key, "must be >= 1")
+        require(self.gradient_accumulation_steps >= 1
+                and self.gradient_accumulation_steps % world_size == 0,
+                "gradient_accumulation_steps",
+                f"must be a positive multiple of the number of processes ({world_size}): each "
+                f"process runs gradient_accumulation_steps/{world_size} micro-steps")
+        require(self.eval_iters >= 1, "eval_iters",
+                "must be >= 1: an evaluation averages that many batches")
+        for key in ("max_iters", "learning_rate", "min_lr", "warmup_iters", "weight_decay"):
+            require(getattr(self, key) >= 0, key, "must be >= 0")
+        require(not self.decay_lr or self.lr_decay_iters > self.warmup_iters, "lr_decay_iters",
+                f"must be > warmup_iters={self.warmup_iters} (the cosine decay runs from "
+                f"warmup_iters to lr_decay_iters), or set decay_lr=False")
+        require(self.temperature_final is None or self.temperature_final > 0, "temperature_final",
+                "must be > 0 (τ is annealed geometrically), or None for no annealing")
+        require(self.temperature_final is None or self.lr_decay_iters >= 1, "lr_decay_iters",
+                "must be >= 1: temperature_final is reached at lr_decay_iters")
+        for key in ("beta1", "beta2"):
+            require(0 <= getattr(self, key) < 1, key, "must be in [0, 1)")
+        require(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0: no clipping)")
+        require(0 <= self.seed < 2 ** 63 - world_size, "seed",
+                "must be in [0, 2**63 - processes): each process seeds with seed + rank")
+        require(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype",
+                "must be one of auto, float32, bfloat16, float16")
+        device = torch.device(self.device)
+        require(not (self.compile and device.type == "cuda" and self.dtype == "bfloat16"
+                     and not bf16_is_native(device)), "dtype",
+                "bfloat16 is emulated on this GPU (compute capability before 8.0), and "
+                "torch.compile fails on it: use --dtype=float16 (its native dtype, with a "
+                "GradScaler) or --compile=False")
+        require(self.transition in (None, "discrete", "token_choice"), "transition",
+                "must be 'discrete' or 'token_choice'")
+        require(self.transition is None or self.init_from != "scratch", "transition",
+                "converts a MoT run: give that run's out_dir as --init_from=DIR")
+        upcyclable = [key for key, ffn in FFNS.items() if ffn.upcyclable]
+        require(self.upcycle is None or self.upcycle in upcyclable, "upcycle",
+                f"must be one of {', '.join(map(repr, upcyclable))}")
+        require(self.upcycle is None or self.init_from != "scratch", "upcycle",
+                "grows a dense model: give its out_dir, or gpt2, as --init_from")
+        require(self.upcycle is None or self.transition is None, "upcycle",
+                "and transition both convert the source: give one")
+        require(not self.wandb_log or importlib.util.find_spec("wandb") is not None, "wandb_log",
+                "needs the wandb package: pip install wandb")
 
-
-class TrainBatches:
-    """A process's training batches, each drawn a step ahead of its use, so that on a GPU its copy
-    overlaps the compute. `state` is the data stream as it was before the batch drawn ahead: a
-    run resumed from it draws that batch again, as an uninterrupted run uses it."""
-
-    def __init__(self, data: np.ndarray, c: dict, generator: torch.Generator, device: str):
-        self.data, self.c, self.generator, self.device = data, c, generator, device
-        self.state = generator.get_state()
-
-    def next(self):
-        self.state = self.generator.get_state()
-        return dataset.get_batch(self.data, self.c["batch_size"], self.c["block_size"],
-                                 self.generator, self.device)
-
-
-def eval_batches(data: np.ndarray, c: dict):
-    """The eval_iters batches of every evaluation: the same windows each time, apart from
-    training's."""
-    generator = torch.Generator().manual_seed(c["seed"] + 1)
-    for _ in range(c["eval_iters"]):
-        yield dataset.get_batch(data, c["batch_size"], c["block_size"], generator, c["device"])
+    def native_dtype(self) -> str:
+        """The dtype the run computes in: dtype, or for "auto" the device's native one."""
+        return native_dtype(self.device) if self.dtype == "auto" else self.dtype
 
 
 # ----------------------------------------------------------------------------- schedules
 
 
-def get_lr(it: int, c: dict) -> float:
-    if not c["decay_lr"]:
-        return c["learning_rate"]
-    if it < c["warmup_iters"]:
-        return c["learning_rate"] * (it + 1) / (c["warmup_iters"] + 1)
-    if it > c["lr_decay_iters"]:
-        return c["min_lr"]
-    ratio = (it - c["warmup_iters"]) / (c["lr_decay_iters"] - c["warmup_iters"])
+def get_lr(it: int, c: TrainConfig) -> float:
+    if not c.decay_lr:
+        return c.learning_rate
+    if it < c.warmup_iters:
+        return c.learning_rate * (it + 1) / (c.warmup_iters + 1)
+    if it > c.lr_decay_iters:
+        return c.min_lr
+    ratio = (it - c.warmup_iters) / (c.lr_decay_iters - c.warmup_iters)
     coefficient = 0.5 * (1.0 + math.cos(math.pi * ratio))  # from 1 down to 0
-    return c["min_lr"] + coefficient * (c["learning_rate"] - c["min_lr"])
+    return c.min_lr + coefficient * (c.learning_rate - c.min_lr)
 
 
-def get_temperature(it: int, c: dict) -> float:
-    progress = min(it, c["lr_decay_iters"]) / c["lr_decay_iters"]
-    return c["temperature"] * (c["temperature_final"] / c["temperature"]) ** progress
+def get_temperature(it: int, c: TrainConfig) -> float:
+    progress = min(it, c.lr_decay_iters) / c.lr_decay_iters
+    return c.temperature * (c.temperature_final / c.temperature) ** progress
 
 
 # ----------------------------------------------------------------------------- model
 
 
-def build_model(settings: dict, source, meta: dict) -> GPT:
-    """The model the run trains: new from scratch; or `source` (bookkeeping.load_start's)
-    resumed or finetuned as it is, converted (transition) or grown (upcycle). The settings then
-    hold the model's config, which the checkpoints save."""
-    if settings["init_from"] == "scratch":
-        try:
-            model = GPT(GPTConfig(**{k: settings[k] for k in bookkeeping.MODEL_FIELDS},
-                                  vocab_size=meta["vocab_size"]))
-        except ValueError as e:
-            fail(str(e))
-    elif settings["init_from"] != "resume" and (settings["transition"] or settings["upcycle"]):
-        try:  # transition tuning: the MoT converted to run unmixed; or the dense FFNs grown
-            model = (convert.to_sparse(source, settings["transition"]) if settings["transition"]
-                     else convert.upcycle(source, settings["upcycle"],
-                                          **{k: settings[k] for k in bookkeeping.NEW_LAYER_FIELDS}))
-        except ValueError as e:
-            fail(f"{settings['init_from']}: {e}")
-    else:
-        model = source
-    settings.update({k: v for k, v in vars(model.config).items() if k in settings})
-    return model
+def build_model(config: TrainConfig, source, meta: dict) -> GPT:
+    """The model the run trains: new from scratch; or `source` (checkpoints.load_start's)
+    resumed or finetuned as it is, converted (transition) or grown (upcycle)."""
+    try:
+        if config.init_from == "scratch":
+            return GPT(GPTConfig(**{k: getattr(config, k) for k in checkpoints.MODEL_FIELDS},
+                                 vocab_size=meta["vocab_size"]))
+        if config.init_from != "resume" and config.transition:  # transition tuning
+            return convert.to_sparse(source, config.transition)
+        if config.init_from != "resume" and config.upcycle:  # the dense FFNs grown into experts
+            return convert.upcycle(source, config.upcycle, **{
+                k: getattr(config, k) for k in checkpoints.NEW_LAYER_FIELDS})
+    except ValueError as e:
+        fail(f"{config.init_from}: {e}" if config.init_from != "scratch" else str(e))
+    return source
 
 
 def optimizer_step(model, optimizer, scaler, grad_clip: float) -> None:
@@ -149,18 +195,18 @@ def optimizer_step(model, optimizer, scaler, grad_clip: float) -> None:
 
 
 @torch.no_grad()
-def evaluate(model, splits: dict, settings: dict, autocast, iter_num: int) -> dict:
+def evaluate(model, splits: dict, config: TrainConfig, autocast, iter_num: int) -> dict:
     """Mean LM loss (aux losses excluded) over eval_iters batches, the same batches every time;
     the layers' aux loss (MoE's load balancing) measured as the train loss is, on the train
     batches (None for a model without one); MoT's merge-weight entropy (normalised to [0, 1]) per
     layer on the val batches. Prints the losses; draws no random numbers."""
     model.eval()
     mot_layers = model.ffns(MixtureOfTokens)
-    result, aux_losses = {}, torch.zeros(settings["eval_iters"])
+    result, aux_losses = {}, torch.zeros(config.eval_iters)
     for split in ("train", "val"):
-        losses = torch.zeros(settings["eval_iters"])
-        entropies = torch.zeros(settings["eval_iters"], len(mot_layers))
-        for k, (X, Y) in enumerate(eval_batches(splits[split], settings)):
+        losses = torch.zeros(config.eval_iters)
+        entropies = torch.zeros(config.eval_iters, len(mot_layers))
+        for k, (X, Y) in enumerate(dataset.eval_batches(splits[split], config)):
             with autocast:
                 _, loss = model(X, Y)
             losses[k] = loss.item()
@@ -184,125 +230,92 @@ def evaluate(model, splits: dict, settings: dict, autocast, iter_num: int) -> di
 @bookkeeping.guard
 def main(argv: list) -> None:
     # the settings, the run it starts from, and every check: nothing is written before them
-    settings, given = bookkeeping.configure(argv, DEFAULTS, __doc__)
+    config, given = configurator.configure(TrainConfig, argv, __doc__)
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     ddp, master = world_size > 1, rank == 0
-    out = bookkeeping.OutDir(settings["out_dir"], hold=master and not settings["eval_only"])
-    source, checkpoint, changes = bookkeeping.load_start(settings, given, out, world_size,
-                                                         DEFAULTS["device"])
-    bookkeeping.validate(settings, world_size, out)
+    out = bookkeeping.OutDir(config, hold=master and not config.eval_only)
+    config, source, checkpoint, changes = checkpoints.load_start(config, given, out, world_size)
 
     # the device: under torchrun one process per GPU (or CPU), their gradients averaged by DDP
-    device_type = torch.device(settings["device"]).type
-    device = (f"cuda:{os.environ['LOCAL_RANK']}" if ddp and device_type == "cuda"
-              else settings["device"])
+    device_type = torch.device(config.device).type
+    device = f"cuda:{os.environ['LOCAL_RANK']}" if ddp and device_type == "cuda" else config.device
     if ddp:  # NCCL between GPUs, gloo between CPUs
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     if device_type == "cuda":
         torch.cuda.set_device(torch.device(device).index or 0)  # "cuda" below means this one
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    ptdtype = bookkeeping.DTYPES[settings["dtype"]]
-    autocast = (nullcontext() if ptdtype == torch.float32
-                else torch.amp.autocast(device_type, dtype=ptdtype))
-    torch.manual_seed(settings["seed"] + rank)
-    data_rng = torch.Generator().manual_seed(settings["seed"] + rank)  # training batches only
+    dtype = config.native_dtype()
+    context = autocast(device, dtype)
+    torch.manual_seed(config.seed + rank)
+    data_rng = torch.Generator().manual_seed(config.seed + rank)  # training batches only
 
     # data and model
-    splits, meta = dataset.load(settings["data_root"], settings["dataset"],
-                                settings["block_size"])
-    bookkeeping.check_data(settings, checkpoint, meta)
-    raw_model = build_model(settings, source, meta)  # model: its compiled or DDP wrapper
-    bookkeeping.check_model(settings, raw_model)
+    splits, meta = dataset.load(config.data_root, config.dataset, config.block_size)
+    bookkeeping.check_data(config, checkpoint, meta)
+    raw_model = build_model(config, source, meta)  # model: its compiled or DDP wrapper
+    config = bookkeeping.check_model(config, raw_model)  # the model's config, saved with it
     raw_model.train().to(device)
     mot_layers = raw_model.ffns(MixtureOfTokens)
 
     # optimizer: AdamW, a GradScaler for float16 (its steps that overflow are skipped)
-    scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))
-    optimizer = raw_model.configure_optimizers(settings["weight_decay"],
-                                               settings["learning_rate"],
-                                               (settings["beta1"], settings["beta2"]), device_type)
-    iter_num, best_val_loss, elapsed_s, resumed_at = (
-        bookkeeping.resume(checkpoint, rank, optimizer, scaler, data_rng, device)
-        if settings["init_from"] == "resume" else (0, float("inf"), 0.0, None))
-    checkpoints = bookkeeping.Checkpoints(out.ckpt_path, raw_model, optimizer, scaler, settings,
-                                          meta, iter_num if resumed_at is not None else None)
+    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
+    optimizer = raw_model.configure_optimizers(config.weight_decay, config.learning_rate,
+                                               (config.beta1, config.beta2), device_type)
+    batches = dataset.TrainBatches(splits["train"], config, data_rng, device)
+    run = bookkeeping.Run(config, out, raw_model, optimizer, scaler, meta, batches, changes,
+                          checkpoint, device)
+    iter_num = run.iter_num
     source = checkpoint = None  # free memory
-    accumulation_steps = settings["gradient_accumulation_steps"] // world_size  # per process
-    log, received = bookkeeping.start_writing(settings, master, out, resumed_at, changes,
-                                              raw_model, accumulation_steps, device)
-    if master:
-        bookkeeping.print_summary(raw_model, changes, iter_num)
     # the model to train (compiled if asked, in DDP under torchrun) and the one to evaluate:
     # rank 0 evaluates alone, so never through DDP, whose forward waits for the other processes
-    model = eval_model = torch.compile(raw_model) if settings["compile"] else raw_model
+    model = eval_model = torch.compile(raw_model) if config.compile else raw_model
     if ddp:
         model = DDP(model, device_ids=[torch.device(device).index]
                     if device_type == "cuda" else None)
-    if settings["eval_only"] and master:  # evaluate the model as it is and write nothing
-        evaluate(eval_model, splits, settings, autocast, iter_num)
+    if config.eval_only and master:  # evaluate the model as it is and write nothing
+        evaluate(eval_model, splits, config, context, iter_num)
 
     # the loop: evaluate, log and save every eval_interval and at the end (not again what the
-    # resumed checkpoint holds), then one optimizer step; after it, a stop signal saves and stops.
-    # elapsed_s counts the steps' seconds, without evaluations and this process's first step.
-    stop, first_iter = 0, iter_num
-    batches = TrainBatches(splits["train"], settings, data_rng, device)
+    # resumed checkpoint holds), then one optimizer step; after it, a stop signal saves and stops
+    accumulation_steps = config.gradient_accumulation_steps // world_size  # per process
     X, Y = batches.next()
-    clock = bookkeeping.Clock(device_type)
-    while not settings["eval_only"]:
-        lr = get_lr(iter_num, settings)
+    run.restart_clock()
+    while not config.eval_only:
+        lr = get_lr(iter_num, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        if settings["temperature_final"] is not None:  # MoT's τ annealed
+        if config.temperature_final is not None:  # MoT's τ annealed
             for layer in mot_layers:
-                layer.log_temperature.fill_(math.log(get_temperature(iter_num, settings)))
-        evaluate_now = ((iter_num % settings["eval_interval"] == 0
-                         or iter_num == settings["max_iters"]) and iter_num != resumed_at)
+                layer.log_temperature.fill_(math.log(get_temperature(iter_num, config)))
+        evaluate_now = ((iter_num % config.eval_interval == 0 or iter_num == config.max_iters)
+                        and iter_num != run.resumed_at)
         if evaluate_now:  # every process takes part (evaluation draws no random numbers)
-            elapsed_s += log.count(*clock.read())
-            rng_states = bookkeeping.gather_rng_states(batches, world_size)
+            run.pause_clock()
         if evaluate_now and master:
-            losses = evaluate(eval_model, splits, settings, autocast, iter_num)
-            log.write(iter_num, losses, lr, elapsed_s)
-            checkpoints.check_losses(losses, iter_num)
-            improved = losses["val_loss"] < best_val_loss
-            best_val_loss = min(best_val_loss, losses["val_loss"])
-            if (improved or settings["always_save_checkpoint"]) and iter_num > 0:
-                checkpoints.save(iter_num, best_val_loss, elapsed_s, rng_states)
-        if iter_num >= settings["max_iters"]:
+            losses = evaluate(eval_model, splits, config, context, iter_num)
+            run.record_evaluation(iter_num, losses, lr)  # the log line, then the checkpoint
+        if iter_num >= config.max_iters:
             break
         if evaluate_now:
-            clock.read()  # the evaluation's seconds are not training's
+            run.restart_clock()  # the evaluation's seconds are not training's
 
         for micro_step in range(accumulation_steps):
             if ddp:  # synchronise gradients only on the last micro-step
                 model.require_backward_grad_sync = micro_step == accumulation_steps - 1
-            with autocast:
+            with context:
                 lm_loss = model(X, Y)[1]  # not the logits: they would stay through backward
                 loss = (lm_loss + raw_model.aux_loss) / accumulation_steps
             X, Y = batches.next()  # drawn and copied while the GPU runs the forward
             scaler.scale(loss).backward()
-        optimizer_step(model, optimizer, scaler, settings["grad_clip"])
-        clock.tick()
-        log_now = iter_num % settings["log_interval"] == 0
-        if iter_num == first_iter:  # compilation, first allocations: timed apart
-            log.warm_up(*clock.read())
-        elif log_now:  # on a GPU the clock waits for the steps, as the loss read below would
-            elapsed_s += log.count(*clock.read())
-        if log_now and master:  # the last micro-step's loss
-            if not math.isfinite(log.print_step(iter_num, lm_loss)):
-                checkpoints.diverged("the train loss", iter_num)
+        optimizer_step(model, optimizer, scaler, config.grad_clip)
+        run.step_done(iter_num, lm_loss)  # timed; at log steps printed, divergence stopped
         iter_num += 1
-        stop = bookkeeping.stop_signal(received, ddp, device,
-                                       iter_num % settings["log_interval"] == 0)
-        if stop:  # every process takes part; the checkpoint resumes exactly
-            elapsed_s += log.count(*clock.read())
-            rng_states = bookkeeping.gather_rng_states(batches, world_size)
-            if master:
-                checkpoints.save(iter_num, best_val_loss, elapsed_s, rng_states, evaluated=False)
+        if run.stop_requested(iter_num):  # Ctrl-C or SIGTERM: every process takes part
+            run.save_and_stop(iter_num)  # the checkpoint resumes exactly
             break
     del model, eval_model  # under DDP the wrapper holds the process group, which finish frees
-    bookkeeping.finish(log, ddp, stop, master, out.ckpt_path, iter_num)
+    run.finish(iter_num)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 # micro-batch fits an 80 GB A100 or H100, not a 40 GB A100. There, halve the groups and the
 # micro-batch, with twice the accumulation steps for the same tokens per step:
 #   --batch_size=16 --group_size=16 --gradient_accumulation_steps=32
-# The FLOP-matched experts are then 4*768*16/256 = 192 wide (half the experts' parameters);
+# Expert FLOPs matched, the experts are then 4*768*16/256 = 192 wide (half the experts' parameters);
 # --n_experts=128 keeps them 384 wide, each token paying for E/G = 8 experts as here.
 out_dir = "out-owt-mot"
 ffn = "mot"

@@ -1,5 +1,5 @@
-# FLOP-matched top-1 token-choice MoE on top of train_shakespeare_char.py (give both files, this
-# one second).
+# Top-1 token-choice MoE, expert FLOPs matched to the dense FFN's, on top of
+# train_shakespeare_char.py (give both files, this one second).
 # 8 experts of width 4*384, dropless (capacity_factor None), Switch load-balancing loss 0.01.
 out_dir = "out-shakespeare-char-moe"
 ffn = "moe"

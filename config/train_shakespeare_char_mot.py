@@ -1,5 +1,5 @@
-# FLOP-matched Mixture of Tokens on top of train_shakespeare_char.py (give both files, this one
-# second).
+# Mixture of Tokens, expert FLOPs matched to the dense FFN's (the mixing comes on top), on top of
+# train_shakespeare_char.py (give both files, this one second).
 # 128 experts, groups of 32 (the batch of 64 makes 2 groups): expert_size = 4*384*32/128 = 384.
 # Extrapolated from the CPU study (4 layers, 128 wide, 2,000 steps; RESULTS.md), not measured at
 # this size:

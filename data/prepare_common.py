@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import sys
 import tempfile
 import urllib.request
 from contextlib import contextmanager
@@ -10,14 +11,15 @@ from contextlib import contextmanager
 import numpy as np
 import tiktoken
 
+# The scripts run as `python data/<dataset>/prepare.py`, with data/ on sys.path: the repository's
+# root too, for configurator's fail, the one that every script's errors go through.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configurator import fail  # noqa: E402
+
 # GPT-2's 50257 tokens padded up to a multiple of 64 for faster matmuls; ids >= 50257 never occur.
 GPT2_PADDED_VOCAB = 50304
 SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
                    "tinyshakespeare/input.txt")
-
-
-def fail(message: str):
-    raise SystemExit(f"error: {message}")
 
 
 def read_or_download(path: str, url: str = SHAKESPEARE_URL) -> str:

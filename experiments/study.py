@@ -28,8 +28,8 @@ when they are done ("best" = lowest final val loss; seed 0 in the first two):
                  two in its best variant: "the best two MoT".
   lr             dense, the best MoT and MoE top-1 E=8 at lr {5e-4, 1e-3, 2e-3}, min_lr = lr/10.
   final          seeds 0, 1, 2 of dense, the best two MoT, MoE top-1 E=8, and expert-choice MoE
-                 E=8 (the same FLOPs; not causal: a training baseline only), each at the best lr of
-                 its kind (the second MoT at the best MoT's).
+                 E=8 (the same expert FLOPs; not causal: a training baseline only), each at the
+                 best lr of its kind (the second MoT at the best MoT's).
   python_stdlib  seeds 0 and 1 of dense, the best MoT and MoE top-1 E=8 on Python's standard
                  library (data/python_stdlib), 6,000 steps, each at its best lr and without
                  dropout: that data does not repeat, there is no overfitting to prevent.
@@ -74,7 +74,8 @@ from plot import read_log, read_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import bookkeeping  # noqa: E402
+import checkpoints  # noqa: E402
+import configurator  # noqa: E402
 import dataset  # noqa: E402
 import train  # noqa: E402
 from mot import GPT, GPTConfig  # noqa: E402
@@ -333,7 +334,7 @@ def equal_flops_runs(S: dict, results: dict, run, best: list) -> list:
     for steps, seeds in S["equal_flops"]:
         interval = max(1, steps // S["regime_evals"])
         model = Model(f"dense-flops{ratio:.2f}x", None, dict(
-            dense.flags, warmup_iters=round(settings["warmup_iters"] * ratio),
+            dense.flags, warmup_iters=round(settings.warmup_iters * ratio),
             eval_interval=interval))
         runs += [dict(run("equal_flops", model, dense_lr, seed,
                           interval * round(steps * ratio / interval)), mot_steps=steps)
@@ -384,7 +385,7 @@ def execute(S: dict, run: dict) -> dict:
     wall, cpu = time.time() - wall, cpu_seconds() - cpu
     log = read_log(os.path.join(ROOT, out_dir))
     settings = settings_of(run["command"])
-    _, meta = dataset.load(settings["data_root"], settings["dataset"], settings["block_size"])
+    _, meta = dataset.load(settings.data_root, settings.dataset, settings.block_size)
     last = log[-1]
     if last["iter"] != run["max_iters"]:
         raise SystemExit(f"error: {out_dir}/log.jsonl ends at iter {last['iter']}, "
@@ -555,17 +556,18 @@ def curve_table(lines_by_model: dict, steps: list) -> str:
     return "\n".join(rows)
 
 
-def settings_of(command: list) -> dict:
-    """train.py's settings for a recorded command (its config paths relative to the root)."""
-    return bookkeeping.configure([arg if arg.startswith("--") else os.path.join(ROOT, arg)
-                                  for arg in command], train.DEFAULTS)[0]
+def settings_of(command: list):
+    """train.py's settings (a TrainConfig) for a recorded command (its config paths relative to
+    the root)."""
+    return configurator.configure(train.TrainConfig, [
+        arg if arg.startswith("--") else os.path.join(ROOT, arg) for arg in command])[0]
 
 
 def built(line: dict):
     """The untrained GPT of a recorded run, and its settings, from its command and the vocabulary
     size it trained with: for parameter, token and FLOP counts."""
     settings = settings_of(line["command"])
-    config = GPTConfig(**{key: settings[key] for key in bookkeeping.MODEL_FIELDS},
+    config = GPTConfig(**{key: getattr(settings, key) for key in checkpoints.MODEL_FIELDS},
                        vocab_size=line["vocab_size"])
     return GPT(config), settings
 
@@ -601,8 +603,8 @@ def regime_points(S: dict, results: dict) -> list:
     for (size, steps), lines_by_model in groups.items():
         if "dense" in lines_by_model:
             model, settings = built(lines_by_model["dense"][0])
-            tokens = (steps * settings["batch_size"] * settings["block_size"]
-                      * settings["gradient_accumulation_steps"])
+            tokens = (steps * settings.batch_size * settings.block_size
+                      * settings.gradient_accumulation_steps)
             points.append((size, steps, tokens / model.get_num_params(), lines_by_model))
     return sorted(points, key=lambda point: point[2])
 
@@ -867,7 +869,7 @@ def regime_plot(S: dict, results: dict, plt) -> None:
     ax.minorticks_off()
     ax.set_xlabel("training tokens per dense parameter")
     ax.set_ylabel("final val loss minus dense's (lower: better than dense)")
-    ax.set_title("Python corpus, matched FLOPs: where sparse layers pay")
+    ax.set_title("Python corpus, matched expert FLOPs: where sparse layers pay")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

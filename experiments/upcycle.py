@@ -30,6 +30,7 @@ from study import ROOT, execute, mean_std, path, read_results
 
 sys.path.insert(0, ROOT)
 import convert  # noqa: E402
+import dataset  # noqa: E402
 
 EXPERIMENT = dict(
     config="config/train_shakespeare_char_cpu.py", steps=2000, more=1000, seeds=[0, 1],
@@ -137,10 +138,7 @@ def step0(S: dict, directory: str, batches: int = 4) -> None:
     if problem:
         raise SystemExit(f"error: {val}: {problem}: run `python data/{cfg['dataset']}/prepare.py`")
     data = np.memmap(val, dtype=np.uint16, mode="r")
-    generator = torch.Generator().manual_seed(0)
-    ix = torch.randint(len(data) - T, (B,), generator=generator).tolist()
-    x, y = (torch.stack([torch.from_numpy(data[i + s:i + s + T].astype(np.int64)) for i in ix])
-            for s in (0, 1))
+    x, y = dataset.get_batch(data, B, T, torch.Generator().manual_seed(0))
     if int(y.max()) >= dense.config.vocab_size:
         raise SystemExit(f"error: {val} holds token id {int(y.max())}, beyond the model's "
                          f"vocab_size={dense.config.vocab_size}: run "

@@ -24,9 +24,9 @@ from devices import device_problem  # noqa: E402
 from mot import MixtureOfTokens  # noqa: E402
 from plot import read_log  # noqa: E402
 from sample import load_tokenizer  # noqa: E402
-from bookkeeping import load_checkpoint  # noqa: E402
+from checkpoints import load_checkpoint  # noqa: E402
 from configurator import fail  # noqa: E402
-from dataset import load  # noqa: E402
+from dataset import load, windows  # noqa: E402
 
 
 def save(fig, path: str) -> None:
@@ -77,8 +77,7 @@ def main(argv=None) -> None:
     # one group: G windows of validation text, evenly spaced through the split
     val = load(c["data_root"], c["dataset"], T)[0]["val"]
     starts = torch.linspace(0, len(val) - T - 1, G).long().tolist()
-    x = torch.stack([torch.from_numpy(val[s:s + T].astype("int64"))
-                     for s in starts]).to(args.device)
+    x = windows(val, starts, T, args.device)[0]
     with torch.no_grad():
         model(x)
     position = args.position % T

@@ -111,3 +111,109 @@ def bpe_data_root(tmp_path, gpt2_bpe):
     write_tokens(ids[int(0.9 * len(ids)):], str(directory / "val.bin"))
     write_meta(str(directory), tokenizer="gpt2", vocab_size=50304)
     return tmp_path / "bpe_data"
+
+
+# ----------------------------------------------------------------------------- an error's line and
+# a run that stops where the test says (the careless, fault, kill and lock tests)
+
+
+def error_line(exit: pytest.ExceptionInfo) -> str:
+    """The SystemExit's message, which Python prints on stderr before exiting with status 1:
+    asserted to be one line, `error: ...`."""
+    line = exit.value.code
+    assert isinstance(line, str) and line.startswith("error: ") and "\n" not in line, line
+    return line
+
+
+# train.py with pauses of the test's own (hooks here, not in train.py): before each training
+# step's forward ("before step"), and halfway through each checkpoint save, half its bytes in
+# ckpt.pt.tmp ("in save"), the process prints `paused <where>` and waits for a line on stdin. A
+# kill or a signal sent while it waits lands at that moment, however loaded the machine is.
+PAUSING = """
+import io, sys
+sys.path.insert(0, sys.argv.pop(1))  # the repository
+import torch, train
+from mot import GPT
+save, forward = torch.save, GPT.forward
+def pause(where):
+    print("paused", where, flush=True)
+    sys.stdin.readline()
+def paused_save(obj, f):
+    buffer = io.BytesIO()
+    save(obj, buffer)
+    data = buffer.getvalue()
+    f.write(data[:len(data) // 2])
+    f.flush()
+    pause("in save")
+    f.write(data[len(data) // 2:])
+def paused_forward(self, *args, **kwargs):
+    if self.training:
+        pause("before step")
+    return forward(self, *args, **kwargs)
+torch.save, GPT.forward = paused_save, paused_forward
+train.main(sys.argv[1:])
+"""
+
+
+class PausedRun:
+    """train.py (PAUSING) in a subprocess; `output`: its lines on stdout so far, less the pauses."""
+
+    def __init__(self, args: list, cwd, env: dict):
+        import subprocess
+        self.process = subprocess.Popen(
+            [sys.executable, "-u", "-c", PAUSING, ROOT, *args], cwd=cwd, env=env, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.output, self.waiting = [], False
+
+    def pause(self):
+        """Its next pause, "before step" or "in save", where it waits; None: it ended first."""
+        self.go_on()
+        for line in self.process.stdout:
+            if line.startswith("paused "):
+                self.waiting = True
+                return line[len("paused "):].rstrip("\n")
+            self.output.append(line)
+        return None
+
+    def go_on(self) -> None:
+        """If it waits at a pause, it goes on."""
+        if self.waiting:
+            self.process.stdin.write("\n")
+            self.process.stdin.flush()
+            self.waiting = False
+
+    def until(self, where=None, n: int = 1) -> str:
+        """Its n-th pause `where` (any pause if None) from now, going on at the others."""
+        while True:
+            paused = self.pause()
+            assert paused is not None, f"the run ended before pausing {where or ''}"
+            n -= where in (None, paused)
+            if n == 0:
+                return paused
+
+    def finish(self):
+        """It goes on at every pause to its end: its exit status and stderr."""
+        while self.pause() is not None:
+            pass
+        _, stderr = self.process.communicate()
+        return self.process.returncode, stderr
+
+    def kill(self) -> int:
+        self.process.kill()
+        self.process.communicate()
+        return self.process.returncode
+
+
+@pytest.fixture
+def paused_train():
+    """paused_train(args, cwd=ROOT): a PausedRun of train.py with these arguments, on one thread
+    (a tiny model: faster); one still running when the test ends is killed."""
+    runs = []
+
+    def start(args: list, cwd=ROOT) -> PausedRun:
+        runs.append(PausedRun(args, cwd, dict(os.environ, OMP_NUM_THREADS="1")))
+        return runs[-1]
+    yield start
+    for run in runs:
+        if run.process.poll() is None:
+            run.kill()

@@ -1,7 +1,10 @@
 """Faults that must not lose work: a run that diverges keeps its last finite checkpoint, an
-interrupted run saves where it stopped, a full disk is one line."""
+interrupted run saves where it stopped, a killed one loses nothing saved, a full disk is one
+line. The interrupt and kill tests stop the run at pauses of their own (conftest.PausedRun), not
+at instants that a loaded machine may never give."""
 
 import errno
+import io
 import os
 import random
 import re
@@ -13,24 +16,29 @@ import time
 import pytest
 import torch
 
-import bookkeeping
-from conftest import ROOT, TINY, read_log
+from conftest import ROOT, TINY, error_line, read_log
 from convert import from_checkpoint, nonfinite
 from mot import GPT
-from test_errors import error
-from test_runs import SLOW_SAVE, losses
+from test_runs import losses
+
+
+def is_file(f) -> bool:
+    """Whether torch.save writes f to the disk (a checkpoint's file), not to memory."""
+    return isinstance(f, io.BufferedWriter)
 
 
 @pytest.fixture
 def recorded_saves(monkeypatch):
-    """The bytes of every checkpoint train.py saves, in order."""
-    saves, save_checkpoint = [], bookkeeping.save_checkpoint
+    """The bytes of every checkpoint train.py saves, in order (as torch.save writes them)."""
+    saves, save = [], torch.save
 
-    def recorded_save(checkpoint, path):
-        save_checkpoint(checkpoint, path)
-        with open(path, "rb") as f:
-            saves.append(f.read())
-    monkeypatch.setattr(bookkeeping, "save_checkpoint", recorded_save)
+    def recorded_save(obj, f):
+        buffer = io.BytesIO()
+        save(obj, buffer)
+        if is_file(f):
+            saves.append(buffer.getvalue())
+        f.write(buffer.getvalue())
+    monkeypatch.setattr(torch, "save", recorded_save)
     return saves
 
 
@@ -49,7 +57,7 @@ def test_a_diverging_run_stops_and_keeps_its_last_finite_checkpoint(
     with pytest.raises(SystemExit) as e:
         run_train(out, "--init_from=resume", "--max_iters=12", "--learning_rate=1000.0",
                   "--grad_clip=0.0", f"--eval_interval={eval_interval}")
-    message = error(e)
+    message = error_line(e)
     kept = torch.load(out / "ckpt.pt", weights_only=True)
     assert (out / "ckpt.pt").read_bytes() == recorded_saves[-1]  # the last of iters 2, 4, 6
     assert kept["iter_num"] == 6 and not nonfinite(kept["model"])
@@ -81,7 +89,7 @@ def test_weights_that_are_not_finite_are_never_saved(tmp_path, run_train, record
     monkeypatch.setattr(GPT, "state_dict", diverged_state_dict)
     with pytest.raises(SystemExit) as e:
         run_train(tmp_path, "--max_iters=6")
-    assert error(e).startswith("error: weight lm_head.weight is not finite at iter 4: ")
+    assert error_line(e).startswith("error: weight lm_head.weight is not finite at iter 4: ")
     assert len(recorded_saves) == 1 and (tmp_path / "ckpt.pt").read_bytes() == recorded_saves[0]
 
 
@@ -110,28 +118,29 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, run
     save = torch.save
 
     def full_disk(obj, f):
-        if isinstance(f, bookkeeping.ByteCount):  # not a file on the disk
+        if not is_file(f):  # counting the bytes it needs
             return save(obj, f)
         f.write(b"half a checkpoint")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(SystemExit) as e:
         run_train(out, "--init_from=resume", "--max_iters=4")
-    assert error(e).startswith(f"error: cannot save {out / 'ckpt.pt'} (No space left on "
+    assert error_line(e).startswith(f"error: cannot save {out / 'ckpt.pt'} (No space left on "
                                f"device): it needs {len(before):,} bytes, ")
     assert "the previous checkpoint is intact" in str(e.value)
     assert (out / "ckpt.pt").read_bytes() == before
     assert sorted(os.listdir(out)) == ["ckpt.pt", "log.jsonl"]
 
 
-def test_interrupted_at_random_instants_the_run_saves_there_and_resumes_exactly(data_root,
-                                                                                tmp_path):
-    """SIGINT and SIGTERM, 10 of each in turn, at random instants (after a random number of
-    the run's output lines, and a random pause), resumed each time: each time the run finishes
-    its step, saves, prints one line naming that iteration and exits with 128 + the signal
-    (130, 143), and ckpt.pt loads, at that iteration. Some get a second Ctrl-C inside that save
-    (which pauses halfway): it changes nothing. The final log and weights equal an uninterrupted
-    run's: every evaluation once, same losses."""
+def test_interrupted_at_random_moments_the_run_saves_there_and_resumes_exactly(
+        data_root, tmp_path, paused_train):
+    """SIGINT and SIGTERM, 10 of each in turn, resumed each time, each sent at a random one of
+    the run's first pauses (before a training step, or halfway through a checkpoint's save), or
+    at a random instant after it: each time the run finishes its step, saves, prints one line
+    naming that iteration and exits with 128 + the signal (130, 143), no ckpt.pt.tmp is left and
+    ckpt.pt loads, at that iteration. Every other run gets a second Ctrl-C while its stop's save
+    waits halfway: it changes nothing. The final log and weights equal an uninterrupted run's:
+    every evaluation once, same losses."""
     args = TINY + [f"--data_root={data_root}", "--ffn=mot", "--max_iters=80"]
     env = dict(os.environ, OMP_NUM_THREADS="1")  # a tiny model: one thread is faster
     subprocess.run([sys.executable, "train.py", *args, f"--out_dir={tmp_path / 'reference'}"],
@@ -139,35 +148,86 @@ def test_interrupted_at_random_instants_the_run_saves_there_and_resumes_exactly(
     out = tmp_path / "interrupted"
     ckpt = out / "ckpt.pt"
     instants = random.Random(0)
-    stopped_at, inside_save = [], 0
-    for signum in [signal.SIGINT, signal.SIGTERM] * 10:
+    stopped_at = []
+    for run_number, signum in enumerate([signal.SIGINT, signal.SIGTERM] * 10):
         resume = ["--init_from=resume"] if ckpt.exists() else []
-        process = subprocess.Popen([sys.executable, "-u", "-c", SLOW_SAVE, *args,
-                                    f"--out_dir={out}", *resume], cwd=ROOT, env=env, text=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        lines = iter(process.stdout)
-        seen = [next(line for line in lines if "GPT:" in line)]  # training starts after it
-        seen += [next(lines, "") for _ in range(instants.randint(0, 3))]  # "step", "iter" lines
-        time.sleep(instants.uniform(0, 0.005))
-        process.send_signal(signum)
-        if instants.random() < 0.5:  # Ctrl-C again inside the interrupt's save, after its step
-            for line in lines:
-                if line == "saving\n" and seen[-1].startswith("iter"):
-                    process.send_signal(signal.SIGINT)
-                    inside_save += 1
-                    break
-                seen.append(line)
-        _, stderr = process.communicate()
-        assert process.returncode == 128 + signum, stderr
+        run = paused_train(args + [f"--out_dir={out}", *resume])
+        run.until(n=instants.randint(1, 4))  # the 1st pause is before the 1st step
+        if instants.random() < 0.5:  # an instant up to the next pause
+            run.go_on()
+            time.sleep(instants.uniform(0, 0.005))
+        run.process.send_signal(signum)
+        # the stop's save: the one right after a step's line (another follows an evaluation)
+        while True:
+            where = run.pause()
+            assert where is not None, "the run ended without saving where it stopped"
+            if where == "in save" and run.output[-1].startswith("iter"):
+                break
+        if run_number % 2:  # Ctrl-C again, inside that save
+            run.process.send_signal(signal.SIGINT)
+        returncode, stderr = run.finish()
+        assert returncode == 128 + signum, stderr
         stopped_at.append(int(re.match(r"interrupted at iter (\d+):", stderr)[1]))
         assert stderr == (f"interrupted at iter {stopped_at[-1]}: saved {ckpt}; continue with "
                           f"--init_from=resume\n")
         assert not os.path.exists(f"{ckpt}.tmp")
         assert from_checkpoint(str(ckpt))[1]["iter_num"] == stopped_at[-1]
-    assert stopped_at == sorted(set(stopped_at)) and stopped_at[-1] < 80 and inside_save >= 3
+    assert stopped_at == sorted(set(stopped_at)) and stopped_at[-1] < 80
     subprocess.run([sys.executable, "train.py", *args, f"--out_dir={out}", "--init_from=resume"],
                    cwd=ROOT, check=True, capture_output=True, env=env)
     assert losses(read_log(out)) == losses(read_log(tmp_path / "reference"))
+    final = torch.load(ckpt, weights_only=True)["model"]
+    expected = torch.load(tmp_path / "reference" / "ckpt.pt", weights_only=True)["model"]
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def test_killed_at_random_moments_the_run_ends_as_if_never_killed(data_root, tmp_path,
+                                                                  paused_train):
+    """SIGKILL 10 times, resumed each time: 4 times halfway through a checkpoint's save (the
+    run's 1st or 2nd), 3 times before a training step (its 1st to 4th), 3 times at a random
+    instant after a random pause (up to the next one). A kill inside a save leaves ckpt.pt as it
+    was before the save; ckpt.pt always loads, and the final log and checkpoint equal an
+    uninterrupted run's. The checkpoint is saved only when val loss improves, and at this
+    learning rate it rises once: an evaluation without a checkpoint of its own."""
+    args = TINY + [f"--data_root={data_root}", "--ffn=mot", "--max_iters=20",
+                   "--learning_rate=0.03", "--always_save_checkpoint=False",
+                   "--controller_init_std=0.02"]  # a run whose val loss rises once
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # a tiny model: one thread is faster
+    subprocess.run([sys.executable, "train.py", *args, f"--out_dir={tmp_path / 'reference'}"],
+                   cwd=ROOT, check=True, capture_output=True, env=env)
+    reference = read_log(tmp_path / "reference")
+    improved = [r["val_loss"] < min(q["val_loss"] for q in reference[:i])
+                for i, r in enumerate(reference) if i > 0]
+    assert not all(improved) and any(improved)  # evaluations with and without a checkpoint
+
+    out = tmp_path / "killed"
+    ckpt = out / "ckpt.pt"
+    instants = random.Random(0)
+    killed_at = []  # ckpt.pt's iteration after each kill
+    for kill in range(10):
+        resume = ["--init_from=resume"] if ckpt.exists() else []
+        run = paused_train(args + [f"--out_dir={out}", *resume])
+        where = ("in save", "before step", None)[kill % 3]
+        n = instants.randint(1, 2 if where == "in save" else 4)  # its n-th pause `where`
+        before = ckpt.read_bytes() if ckpt.exists() else None
+        while n:
+            paused = run.pause()
+            assert paused is not None, "the run ended before its kill"
+            if paused == "before step":  # no save under way
+                before = ckpt.read_bytes() if ckpt.exists() else None
+            n -= where in (None, paused)
+        if where is None:  # an instant up to the next pause
+            run.go_on()
+            time.sleep(instants.uniform(0, 0.005))
+        assert run.kill() == -signal.SIGKILL
+        if where == "in save":  # killed halfway through a save: ckpt.pt as it was before it
+            assert (ckpt.read_bytes() if ckpt.exists() else None) == before
+        if ckpt.exists():
+            killed_at.append(torch.load(ckpt, weights_only=True)["iter_num"])
+    assert killed_at == sorted(killed_at) and len(set(killed_at)) >= 3, killed_at
+    subprocess.run([sys.executable, "train.py", *args, f"--out_dir={out}", "--init_from=resume"],
+                   cwd=ROOT, check=True, capture_output=True, env=env)
+    assert losses(read_log(out)) == losses(reference)  # every evaluation once, same losses
     final = torch.load(ckpt, weights_only=True)["model"]
     expected = torch.load(tmp_path / "reference" / "ckpt.pt", weights_only=True)["model"]
     assert all(torch.equal(final[k], expected[k]) for k in expected)

@@ -6,13 +6,14 @@ import os
 import statistics
 import subprocess
 import sys
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
 
 import study
-import bookkeeping
+import configurator
 import train
 from conftest import ROOT, TINY
 from plot import read_log
@@ -388,14 +389,15 @@ def test_see_mot_beat_dense_trains_the_studys_seed_0_runs(overlay, monkeypatch):
     at seed 0, setting for setting (only out_dir differs), so that it reproduces the recorded
     losses."""
     monkeypatch.chdir(ROOT)
-    settings, _ = bookkeeping.configure([TINY_RECIPE] + ([overlay] if overlay else []),
-                                        train.DEFAULTS)
+
+    def settings(argv):
+        return asdict(configurator.configure(train.TrainConfig, argv)[0])
+    given = settings([TINY_RECIPE] + ([overlay] if overlay else []))
     run = study.make_run(study.STUDY, "regime_lr", TINY_OVERLAYS[overlay],
-                         settings["learning_rate"], 0, stdlib=True, size="tiny",
+                         given["learning_rate"], 0, stdlib=True, size="tiny",
                          steps=study.STUDY["regime_steps"])
-    expected, _ = bookkeeping.configure(run["command"], train.DEFAULTS)
-    assert {k: v for k, v in settings.items() if k != "out_dir"} == {
+    expected = settings(run["command"])
+    assert {k: v for k, v in given.items() if k != "out_dir"} == {
         k: v for k, v in expected.items() if k != "out_dir"}
-    assert settings["out_dir"] not in {
-        bookkeeping.configure([TINY_RECIPE] + ([o] if o else []), train.DEFAULTS)[0]["out_dir"]
-        for o in TINY_OVERLAYS if o != overlay}  # three runs, three directories
+    assert given["out_dir"] not in {settings([TINY_RECIPE] + ([o] if o else []))["out_dir"]
+                                    for o in TINY_OVERLAYS if o != overlay}  # three directories

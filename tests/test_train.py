@@ -13,6 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import bookkeeping
+import checkpoints
+import configurator
 import dataset
 import sample
 import test_mot
@@ -157,7 +159,7 @@ def test_the_gpu_random_stream_is_restored_where_it_applies(monkeypatch, capsys,
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append(state))
     data_rng = torch.Generator()
     state = dict(torch=torch.get_rng_state(), data=data_rng.get_state(), cuda=saved)
-    bookkeeping.set_rng_state(state, data_rng, device)
+    checkpoints.set_rng_state(state, data_rng, device)
     note = "no random stream for" in capsys.readouterr().err
     if restored is None:
         assert calls == [] and note == (device != "cpu")
@@ -177,16 +179,14 @@ def test_each_gpu_trains_in_its_native_dtype_and_never_compiles_emulated_bfloat1
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    settings, _ = bookkeeping.configure(["--device=cuda", f"--out_dir={tmp_path}"],
-                                        train.DEFAULTS)
-    assert settings["dtype"] == dtype
-    settings.update(dtype="bfloat16", compile=True)
-    out = bookkeeping.OutDir(str(tmp_path), hold=False)
+    config, _ = configurator.configure(train.TrainConfig, ["--device=cuda"])
+    assert config.dtype == "auto" and config.native_dtype() == dtype
+    argv = ["--device=cuda", "--dtype=bfloat16", "--compile=True"]
     if dtype == "float16":
-        with pytest.raises(SystemExit, match="emulated on this GPU .* use --dtype=float16"):
-            bookkeeping.validate(settings, 1, out)
+        with pytest.raises(SystemExit, match="dtype.*float16"):
+            configurator.configure(train.TrainConfig, argv)
     else:
-        bookkeeping.validate(settings, 1, out)
+        configurator.configure(train.TrainConfig, argv)
 
 
 def test_checkpoint_loads_weights_only_and_save_is_atomic(tmp_path, monkeypatch, run_train):
@@ -204,9 +204,12 @@ def test_checkpoint_loads_weights_only_and_save_is_atomic(tmp_path, monkeypatch,
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", interrupted_save)
+    held = bookkeeping.OutDir(types.SimpleNamespace(out_dir=str(out)), hold=True)
     with pytest.raises(KeyboardInterrupt):
-        bookkeeping.save_checkpoint(checkpoint, path)
+        bookkeeping.save_checkpoint(checkpoint, held)
+    held.release()
     assert torch.load(path, weights_only=True)["iter_num"] == 2
+    assert sorted(os.listdir(out)) == ["ckpt.pt", "log.jsonl"]  # no temporary file left
 
 
 def test_sample_prints_samples_for_a_partial_group(tmp_path, capsys, run_train, monkeypatch,
@@ -464,9 +467,15 @@ def test_the_first_step_is_timed_apart_and_the_clock_waits_only_where_it_reads(
     monkeypatch.setattr(bookkeeping, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
     syncs = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: syncs.append(1))
-    clock = bookkeeping.Clock.__init__
-    monkeypatch.setattr(bookkeeping.Clock, "__init__",
-                        lambda self, device_type: clock(self, "cuda"))
+    read_clock = bookkeeping.Run.read_clock
+
+    def read_a_gpus_clock(self, counted):  # as on a GPU: the device is waited for at each read
+        device, self.device = self.device, "cuda"
+        try:
+            return read_clock(self, counted)
+        finally:
+            self.device = device
+    monkeypatch.setattr(bookkeeping.Run, "read_clock", read_a_gpus_clock)
     log = run_train(tmp_path / "out", "--max_iters=6", "--eval_interval=100", "--log_interval=3")
     assert (log[-1]["warmup_s"], log[-1]["elapsed_s"]) == (100.0, 5.0)
     assert log[-1]["tokens_per_s"] == 5 * 4 * 16 / 5.0  # 5 timed steps of 4 × 16 tokens
