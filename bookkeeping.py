@@ -315,8 +315,7 @@ class Run:
         self.read_clock(counted=True)
         self.states = self.rng_states()
 
-    def restart_clock(self) -> None:
-        """At the loop's start and after an evaluation: those seconds are not training's."""
+    def restart_clock(self) -> None:  # at the loop's start, after an evaluation: not training
         self.read_clock(counted=False)
 
     def record_evaluation(self, iter_num: int, losses: dict, lr: float) -> None:
@@ -340,7 +339,8 @@ class Run:
             self.diverged("the eval loss", iter_num)
         improved = losses["val_loss"] < self.best_val_loss
         self.best_val_loss = min(self.best_val_loss, losses["val_loss"])
-        if (improved or self.config.always_save_checkpoint) and iter_num > 0:
+        if (improved or self.config.always_save_checkpoint) and (
+                iter_num > 0 or self.config.max_iters == 0):  # iter 0 saved only as the last
             self.save(iter_num, self.states)
 
     def step_done(self, iter_num: int, lm_loss: torch.Tensor) -> None:

@@ -117,6 +117,10 @@ def load_start(config, given: set, out, world_size: int):
         updates, _ = from_checkpoint(config, given, checkpoint, config.init_from,
                                      kept + ("dataset",))
     config = make(type(config), **{**asdict(config), **updates})
+    if checkpoint is not None and config.init_from == "resume" and (
+            config.max_iters < checkpoint["iter_num"]):
+        fail(f"max_iters={config.max_iters} is below iter {checkpoint['iter_num']} of "
+             f"{out.ckpt_path}: give a larger --max_iters to train it on")
     if config.init_from != "resume" and not config.overwrite and not config.eval_only:
         if os.path.exists(out.ckpt_path):
             fail(f"{out.ckpt_path} holds a run: continue it with --init_from=resume, or delete "

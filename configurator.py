@@ -18,7 +18,9 @@ FLOAT_WORDS = ("inf", "+inf", "-inf", "infinity", "nan")  # what float() takes b
 
 
 def fail(message: str):
-    raise SystemExit(f"error: {message}")
+    """The one line of a mistake a user made; under torchrun, printed by rank 0 alone (each
+    process finds the same mistake)."""
+    raise SystemExit(f"error: {message}" if os.environ.get("RANK", "0") == "0" else 1)
 
 
 def parse_value(text: str):

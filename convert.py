@@ -33,33 +33,46 @@ def nonfinite(tensors: dict) -> list:
     return [name for name, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()]
 
 
-def from_checkpoint(path: str, device: str = "cpu") -> Tuple[GPT, dict]:
-    """The GPT saved by train.py at `path`, on `device` in eval mode, and the checkpoint dict;
-    a ValueError saying what is wrong with a missing, damaged, foreign or diverged file."""
+def from_checkpoint(path: str, device: str = "cpu", needs: tuple = ()) -> Tuple[GPT, dict]:
+    """The GPT saved by train.py at `path`, on `device` in eval mode, and the checkpoint's other
+    entries (its weights are the model's); a ValueError saying what is wrong with a missing,
+    damaged, foreign or diverged file, or one that lacks an entry of `needs` (those the caller
+    reads besides the model: its run's config, the optimizer's state, ...).
+
+    The file is memory-mapped, never read whole: the model takes the weights as they lie in
+    it (built on the meta device, it allocates none of its own), and only they come into
+    memory, on the CPU, then on `device`. The optimizer's moments, twice the weights, come in
+    only if a resume reads them."""
     if not os.path.exists(path):
         raise ValueError(f"no checkpoint at {path}: train one first")
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as e:  # a damaged file can fail anywhere inside the unpickler
         raise ValueError(f"cannot read checkpoint {path} (truncated or corrupted?): "
                          f"{str(e).split('. ')[0]}") from None
     required = {"model", "model_args", "iter_num", "meta"}
-    missing = required - set(checkpoint if isinstance(checkpoint, dict) else {})
+    missing = sorted((required | set(needs)) - set(checkpoint if isinstance(checkpoint, dict)
+                                                   else {}))
     if missing:
-        raise ValueError(f"{path} is not a checkpoint written by train.py "
-                         f"(missing {sorted(missing)})")
+        raise ValueError(f"{path} lacks {', '.join(missing)}: not a checkpoint written by "
+                         f"train.py")
     try:
-        model = GPT(GPTConfig(**checkpoint["model_args"]))
-        model.load_state_dict(checkpoint["model"])
+        with torch.device("meta"):
+            model = GPT(GPTConfig(**checkpoint["model_args"]))
+        model.load_state_dict(checkpoint["model"], assign=True)
     except (TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"{path} does not hold a model of this mot.py: "
                          f"{str(e).splitlines()[0]}") from None
-    bad = nonfinite(checkpoint["model"])
+    # assign gives each name its own Parameter: tie the embedding to lm_head again, as GPT does
+    model.transformer.wte.weight = model.lm_head.weight
+    model.to(device).eval()
+    bad = nonfinite(model.state_dict())
     if bad:  # train.py never saves such weights; sampling from them fails deep inside
         raise ValueError(f"{path} holds non-finite weights ({len(bad)} tensors, {bad[0]} "
                          f"first): its run diverged; train it again with a lower "
                          f"learning_rate or with grad_clip set")
-    return model.to(device).eval(), checkpoint
+    del checkpoint["model"]
+    return model, checkpoint
 
 
 def gpt2_config(hf_config) -> GPTConfig:
@@ -105,12 +118,13 @@ def from_pretrained(name_or_path: str) -> GPT:
 
 
 def to_sparse(model: GPT, routing: str) -> GPT:
-    """A new GPT whose MoT layers do not mix examples at sampling time, for transition tuning,
-    weights copied:
+    """A new GPT whose MoT layers no longer blend the tokens of a group, for transition tuning,
+    weights copied. Only "token_choice" decodes sequences independently:
     "discrete": the same layers with one-hot argmax merge weights (the τ → 0 limit): each expert
     takes the one token of its group that scores highest for it, and gives its output to that
     token alone. Which token that is still depends on the others of the group (an argmax over
-    it): the examples of a group are still coupled, through the choice;
+    it, zero rows of a padded group included): the examples of a group are still coupled,
+    through the choice, and a sequence decoded alone still depends on its padding;
     "token_choice": top-k token-choice MoE layers, k = E/G (the same expert FLOPs per token),
     whose experts are the MoT experts and whose router is the MoT controller divided by τ: the
     logits MoT's softmax saw (RESULTS.md compares it with the raw controller). Each token

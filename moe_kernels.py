@@ -11,21 +11,24 @@ and GroupedMMUtils.h; its docs say only "bfloat16 on SM >= 80"): on a CPU and on
 float32, bfloat16 and float16 whose rows are 16-byte multiples. On CUDA its fast kernel is for
 bfloat16 on compute capability 9.x and 10.x (H100, H200, B200); everywhere else it loops over the
 groups with the offsets copied to the host, a wait for the GPU in every call (grouped_mm_syncs).
-Both are linear in memory. Elsewhere (float64, other widths or devices) grouped_mm below loops
-over the experts' row ranges itself, also linear in memory.
+Both are linear in memory. Elsewhere (float64, other widths or devices, or a torch with neither
+F.grouped_mm, public since 2.10, nor its older private name torch._grouped_mm) grouped_mm below
+loops over the experts' row ranges itself, also linear in memory.
 """
 
 import torch
 import torch.nn.functional as F
 
 GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# torch's op: F.grouped_mm (2.10 on) calls torch._grouped_mm, the same op (2.8 on); None: the loop
+TORCH_GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 
 
 # torch.compile on a CPU traces torch's grouped_mm in bfloat16 only; as a custom op the compiler
 # needs just the output's shape (register_fake) and the backward (register_autograd), given here.
 @torch.library.custom_op("mot::grouped_mm", mutates_args=())
 def _grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    return F.grouped_mm(a, b, offs=offsets)
+    return TORCH_GROUPED_MM(a, b, offs=offsets)
 
 
 @_grouped_mm.register_fake
@@ -48,9 +51,11 @@ _grouped_mm.register_autograd(_grouped_mm_backward,
 
 def runs_grouped_mm(device: torch.device, dtype: torch.dtype, k: int, n: int) -> bool:
     """Whether torch's grouped_mm takes (M, k) x (G, k, n) inputs of this device and dtype: on a
-    CPU or CUDA, float32, bfloat16 or float16, rows of 16-byte multiples."""
+    CPU or CUDA, float32, bfloat16 or float16, rows of 16-byte multiples; never where torch has
+    no grouped_mm."""
     align = 16 // dtype.itemsize
-    return (device.type in ("cpu", "cuda") and dtype in GROUPED_MM_DTYPES
+    return (TORCH_GROUPED_MM is not None and device.type in ("cpu", "cuda")
+            and dtype in GROUPED_MM_DTYPES
             and k % align == 0 and n % align == 0)
 
 

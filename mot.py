@@ -102,10 +102,13 @@ class CausalSelfAttention(nn.Module):
             if cache:
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v  # (B, nh, past + T, hs)
-        # query i sits at position past + i: it sees every key up to there
+        # query i sits at position past + i: it sees every key up to there. A whole sequence
+        # (S == T) is the causal triangle; one new token (T == 1) sees every key, no mask (which
+        # leaves flash attention free to run it); else the triangle shifted by past (T, S)
         S = k.size(2)
-        mask = None if S == T else torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+        mask = (None if S == T or T == 1
+                else torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=S == T,
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -122,7 +125,9 @@ class CausalSelfAttention(nn.Module):
 class FFN(nn.Module):
     """The attributes GPT, train.py, convert.py and the tests read from an FFN layer, with the
     answers of a plain one; a layer sets those that differ (as a class or instance attribute)."""
-    group_size = 1  # the batch must be whole multiples of this many examples (MoT: its groups)
+    # the batch must be whole groups of this many examples (MoT: its groups); in eval mode
+    # Block pads a partial group with zero rows, so that every FFN decodes one sequence
+    group_size = 1
     mixes_examples = False  # an example's output depends on the other examples of the batch
     causal = True  # a position's output depends on no later position
     upcyclable = None  # convert.upcycle may grow a dense FFN into it: "copies" | "slices" (of it)
@@ -301,11 +306,10 @@ class MixtureOfTokens(FFN):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C), in the steps of the class docstring. Letters: B batch,
-        T positions, C channels, G group_size, E experts, n groups (B/G; in eval mode a partial
-        group is padded with zero rows)."""
+        T positions, C channels, G group_size, E experts, n groups (B/G: whole groups; in a GPT,
+        Block pads a partial group with zero rows in eval mode)."""
         B, T, C = x.shape
         G, E = self.group_size, self.controller.shape[1]
-        x = self.pad_to_groups(x)
         # 1. group: example g·G + i is token i of group g. One copy into this layout, which the
         # matmuls of steps 2 and 3 would each make of their own
         groups = x.view(-1, G, T, C).transpose(1, 2).contiguous()  # (n, T, G, C)
@@ -321,8 +325,11 @@ class MixtureOfTokens(FFN):
         # 5. emit: each token gets back the expert outputs, weighted as it was merged
         out = self.get_emit_weights(logits, weights) @ y  # (n, T, G, C)
         if not self.training:  # kept for inspection (merge_entropy); a copy training skips
-            self.merge_weights = weights.detach().transpose(1, 2).reshape(-1, T, E)[:B]
-        return self.dropout(out.transpose(1, 2).reshape(-1, T, C)[:B])  # (B, T, C)
+            # kept in x's layout, (B, T, E): row b holds example b's weights, indexed as x and
+            # the output are (and as reference.loop_mot returns them); the softmax ran over the
+            # G axis of (n, T, G, E), which is B = n·G split in two: view(n, G, T, E) gets it back
+            self.merge_weights = weights.detach().transpose(1, 2).reshape(B, T, E)
+        return self.dropout(out.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
 
     def get_merge_weights(self, logits: torch.Tensor) -> torch.Tensor:
         """Step 2: a softmax over the G tokens of each group (dim -2), separately for each
@@ -335,18 +342,6 @@ class MixtureOfTokens(FFN):
         """Step 5: MoT sends each expert's output back with the merge weights."""
         return merge_weights
 
-    def pad_to_groups(self, x: torch.Tensor) -> torch.Tensor:
-        """x itself when the batch is whole groups. In eval mode a partial group is filled with
-        zero rows, so that one sequence can be decoded; the zero rows take part in the softmax,
-        so the real rows' outputs differ from those in a group of real examples."""
-        B, G = x.shape[0], self.group_size
-        if B % G == 0:
-            return x
-        if self.training:
-            raise ValueError(f"MoT: batch size {B} is not divisible by group_size={G}; use a "
-                             f"batch size that is a multiple of {G} or change group_size")
-        return F.pad(x, (0, 0, 0, 0, 0, G - B % G))
-
     def merge_entropy(self) -> float:
         """Mean entropy of the last eval-mode forward's merge weights over each group, divided
         by log(G): 1 = every expert takes the plain average of its group, 0 = one token per
@@ -358,7 +353,7 @@ class MixtureOfTokens(FFN):
         if G == 1:
             return 0.0
         B, T, E = self.merge_weights.shape
-        w = F.pad(self.merge_weights, (0, 0, 0, 0, 0, -B % G)).view(-1, G, T, E)  # padding: 0
+        w = self.merge_weights.view(B // G, G, T, E)  # (n, G, T, E): sums to 1 over G
         return (-(w * w.clamp_min(1e-30).log()).sum(1).mean() / math.log(G)).item()
 
     def num_active_params(self) -> int:
@@ -498,7 +493,21 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: Optional[dict] = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache)
-        return x + self.ffn(self.ln_2(x))
+        return x + self.ffn_in_groups(self.ln_2(x))
+
+    def ffn_in_groups(self, x: torch.Tensor) -> torch.Tensor:
+        """The FFN on x (B, T, C), B whole groups of its group_size. In eval mode a partial group
+        is filled with zero rows, whose outputs are dropped: any grouped FFN decodes one sequence
+        (the zero rows take part in the mixing, so the real rows' outputs differ from those in a
+        group of real examples; GPT.generate's companions fill it with text instead)."""
+        B, G = x.size(0), self.ffn.group_size
+        if B % G == 0:
+            return self.ffn(x)
+        if self.training:
+            raise ValueError(f"{type(self.ffn).__name__}: batch size {B} is not divisible by "
+                             f"group_size={G}; use a batch size that is a multiple of {G} or "
+                             f"change group_size")
+        return self.ffn(F.pad(x, (0, 0, 0, 0, 0, G - B % G)))[:B]  # (B + padding, T, C), cut
 
 
 class GPT(nn.Module):
@@ -533,12 +542,20 @@ class GPT(nn.Module):
         """The FFN layers that are instances of `kind` (a class or a tuple of classes)."""
         return [b.ffn for b in self.transformer.h if isinstance(b.ffn, kind)]
 
+    def check_ids(self, idx: torch.Tensor) -> None:
+        """A ValueError unless every token id of idx is in [0, vocab_size): one read back to the
+        host, which waits for the GPU."""
+        V = self.config.vocab_size
+        if not ((idx >= 0) & (idx < V)).all():
+            raise ValueError(f"token ids must be in [0, vocab_size={V}): got ids from "
+                             f"{idx.min().item()} to {idx.max().item()}")
+
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None,
-                kv_cache: Optional[list] = None):
+                kv_cache: Optional[list] = None, ids_checked: bool = False):
         """Token ids idx (B, T) -> (logits, loss). With targets (B, T) (any layout; -1 = ignore):
         the logits of every position and the mean cross entropy; without: the last position's
         logits only. kv_cache (one dict per block, see generate) holds the keys and values of the
-        positions before idx."""
+        positions before idx. ids_checked: the caller vouches for idx's ids (generate)."""
         B, T = idx.shape
         V = self.config.vocab_size
         past = kv_cache[0]["k"].size(2) if kv_cache and kv_cache[0] else 0  # cached positions
@@ -547,12 +564,11 @@ class GPT(nn.Module):
         if past + T > self.config.block_size:
             raise ValueError(f"sequence length {past + T} exceeds "
                              f"block_size={self.config.block_size}")
-        # checked where ids come from outside (a call in eval mode, generate); in training they
-        # come from train.py's checked data, and the check would wait for the GPU every step
-        if not self.training and not torch.compiler.is_compiling() and (
-                idx.min() < 0 or idx.max() >= V):
-            raise ValueError(f"token ids must be in [0, vocab_size={V}): got ids from "
-                             f"{idx.min().item()} to {idx.max().item()}")
+        # checked where ids come from outside: a call in eval mode. In training they come from
+        # train.py's checked data, in generate's steps from the model itself (it checks the
+        # prompt once): there the check would wait for the GPU at every step
+        if not (self.training or ids_checked or torch.compiler.is_compiling()):
+            self.check_ids(idx)
         pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # B, T, C
         for block, cache in zip(self.transformer.h, kv_cache or [None] * len(self.transformer.h)):
@@ -614,7 +630,10 @@ class GPT(nn.Module):
         Exact for every causal FFN, MoT included: MoT mixes only tokens at the same position,
         and a step feeds the whole batch's tokens of one position, the groups of a full forward.
         The cache speeds up generation within block_size only: beyond it the learned positions
-        shift with the cropped window, so each step recomputes the window (as kv_cache=False)."""
+        shift with the cropped window, so each step recomputes the window (as kv_cache=False).
+
+        A step reads nothing back to the host (no wait for the GPU): the ids are checked once
+        here, and the steps feed back the model's own samples."""
         B, T = idx.shape
         if temperature < 0:
             raise ValueError(f"temperature={temperature}: use 0 for greedy decoding or > 0")
@@ -623,18 +642,21 @@ class GPT(nn.Module):
         if kv_cache and not all(b.ffn.causal for b in self.transformer.h):
             raise ValueError("this model's MoE layers let tokens of other positions compete "
                              "(expert choice or a capacity factor): use kv_cache=False")
+        self.check_ids(idx)
         if companions is not None:
             if companions.dim() != 2 or companions.size(1) < T + max_new_tokens:
                 raise ValueError(f"companions must be (K, L) with L >= {T + max_new_tokens} "
                                  f"(prompt + new tokens); got {tuple(companions.shape)}")
-            idx = torch.cat([idx, companions[:, :T].to(idx.device)])
+            companions = companions.to(idx.device)  # once, not at every step
+            self.check_ids(companions)  # whole: the steps feed its later tokens unchecked
+            idx = torch.cat([idx, companions[:, :T]])  # (B + K, T)
         cache = [{} for _ in self.transformer.h] if kv_cache else None
         new = idx  # the tokens the next forward must feed
         for _ in range(max_new_tokens):
             if cache is not None and idx.size(1) <= self.config.block_size:
-                logits, _ = self(new, kv_cache=cache)
+                logits, _ = self(new, kv_cache=cache, ids_checked=True)
             else:
-                logits, _ = self(idx[:, -self.config.block_size:])
+                logits, _ = self(idx[:, -self.config.block_size:], ids_checked=True)
             logits = logits[:, -1, :]
             if temperature == 0:
                 idx_next = logits.argmax(-1, keepdim=True)
@@ -642,9 +664,9 @@ class GPT(nn.Module):
                 logits = logits / temperature
                 if top_k is not None:
                     v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                    logits[logits < v[:, [-1]]] = -float("inf")
+                    logits.masked_fill_(logits < v[:, [-1]], -float("inf"))
                 idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
             if companions is not None:  # teacher forcing: a companion's next token is its own
-                idx_next[B:, 0] = companions[:, idx.size(1)].to(idx.device)
+                idx_next[B:, 0] = companions[:, idx.size(1)]
             idx, new = torch.cat((idx, idx_next), dim=1), idx_next
         return idx[:B]

@@ -27,7 +27,7 @@ import convert
 import dataset
 from configurator import fail
 from convert import GPT2_NAMES
-from devices import autocast, device_problem, native_dtype
+from devices import autocast, default_device, device_problem, native_dtype, unusable_gpu
 from mot import GPT
 
 
@@ -69,16 +69,19 @@ def load_tokenizer(meta: dict, source: str) -> Tuple[Callable[[str], list],
     return encode, lambda ids: "".join(chars[i] for i in ids)
 
 
-def companions(model: GPT, checkpoint: dict, num_samples: int, length: int,
+def companions(model: GPT, config: Optional[dict], source: str, num_samples: int, length: int,
                generator: torch.Generator) -> Optional[torch.Tensor]:
-    """Windows (K, length) of the checkpoint's training text that make num_samples whole MoT
-    groups; None when they are not needed (dense, MoE, whole groups) or the data is missing."""
+    """Windows (K, length) of the training text of the run whose settings are `config` (from
+    the checkpoint `source`) that make num_samples whole MoT groups; None when they are not
+    needed (dense, MoE, whole groups) or the data is missing."""
     group_size = max(block.ffn.group_size for block in model.transformer.h)
     count = -num_samples % group_size
     if count == 0:
         return None
-    path = os.path.join(checkpoint["config"]["data_root"], checkpoint["config"]["dataset"],
-                        "train.bin")
+    if config is None:
+        fail(f"{source} lacks config (its run's settings, which name the training text that "
+             f"fills the MoT group of {group_size}): sample with --no-companions")
+    path = os.path.join(config["data_root"], config["dataset"], "train.bin")
     if not os.path.isfile(path) or os.path.getsize(path) // 2 <= length:
         print(f"note: no training text at {path} to fill the MoT group of {group_size}: padding "
               f"with {count} zero rows instead, which changes the samples")
@@ -110,7 +113,8 @@ def main(argv: Optional[list] = None) -> None:
     parser.add_argument("--top_k", type=int, default=200,
                         help="keep only the top_k most likely tokens (>= 1)")
     parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda where torch can "
+                                          "use a GPU, else cpu)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                         help="default: the device's native dtype (bfloat16 on GPUs that compute "
                              "in it, float16 on older ones, float32 on a CPU)")
@@ -125,6 +129,11 @@ def main(argv: Optional[list] = None) -> None:
     for name, holds, rule in rules:
         if not holds:
             fail(f"--{name}={getattr(args, name)}: {rule}")
+    if args.device is None:  # a GPU that this torch cannot use stops it: no CPU run unasked
+        problem = unusable_gpu()
+        if problem:
+            fail(problem)
+        args.device = default_device()
     problem = device_problem(args.device)
     if problem:
         fail(f"--device={args.device}: {problem}")
@@ -150,24 +159,28 @@ def main(argv: Optional[list] = None) -> None:
             fail(f"--start={args.start}: cannot read the file ({e.strerror})")
     dtype = args.dtype or native_dtype(args.device)
 
-    torch.manual_seed(args.seed)
     try:
         if args.init_from == "resume":
             model, checkpoint = convert.from_checkpoint(ckpt_path, args.device)
+            # kept: the tokenizer and the run's settings; the optimizer's state, still on the
+            # disk, is let go with the rest
+            meta, config = checkpoint["meta"], checkpoint.get("config")
+            del checkpoint
         else:  # GPT-2: dense, so no MoT group to fill with training text
             model = convert.from_pretrained(args.init_from).to(args.device)
-            checkpoint = dict(meta=dict(tokenizer="gpt2"))
+            meta, config = dict(tokenizer="gpt2"), None
     except (ImportError, OSError, ValueError) as e:
         fail(str(e).strip().splitlines()[0])
-    encode, decode = load_tokenizer(checkpoint["meta"], ckpt_path)
+    encode, decode = load_tokenizer(meta, ckpt_path)
 
     ids = encode(start)
     if not ids:
         fail("--start is empty: give at least one token of prompt")
     x = torch.tensor(ids, dtype=torch.long, device=args.device).repeat(args.num_samples, 1)
     generator = torch.Generator().manual_seed(args.seed)
-    fill = (companions(model, checkpoint, args.num_samples, len(ids) + args.max_new_tokens,
-                       generator) if args.companions else None)
+    fill = (companions(model, config, ckpt_path, args.num_samples,
+                       len(ids) + args.max_new_tokens, generator) if args.companions else None)
+    torch.manual_seed(args.seed)  # the samples' stream, whatever loading the model drew
     with autocast(args.device, dtype):
         y = model.generate(x, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                            companions=fill)

@@ -24,7 +24,7 @@ import convert
 import mot
 import moe_kernels
 from bench import saved_bytes
-from mot import (FFNS, GPT, MLP, GPTConfig, MixtureOfExperts, MixtureOfTokens,
+from mot import (FFNS, GPT, MLP, Block, GPTConfig, MixtureOfExperts, MixtureOfTokens,
                  MixtureOfTokensEmitSoftmax)
 from reference import expert, loop_expert_choice, loop_moe, loop_mot
 
@@ -33,7 +33,8 @@ DT = torch.float64
 TOL = dict(rtol=1e-5, atol=1e-7)
 GROUPED = dict(group_size=3, n_experts=4)  # with a batch of 6: two groups of three examples
 B6 = (6, 3, 8)  # (B, T, C) for GROUPED layers
-MIXING_KINDS = tuple(kind for kind, ffn in FFNS.items() if ffn.mixes_examples)  # MoT and variant
+# MoT and its variants, selected by class: the MoT-only tests (a new grouped FFN is not one)
+MOT_KINDS = tuple(kind for kind, ffn in FFNS.items() if issubclass(ffn, MixtureOfTokens))
 # Property tests: the same examples on every run (no flaky CI), several per property.
 PROPERTY = settings(max_examples=25, deadline=None, database=None, derandomize=True)
 # max |error| / max |float64 reference| allowed in each dtype: a few roundings of its precision
@@ -176,10 +177,24 @@ def gpt_setups(draw, kinds=None):
 
 
 @st.composite
-def mixing_setups(draw, kinds=MIXING_KINDS, G=st.integers(1, 4), E=st.integers(1, 4),
-                  H=st.integers(1, 5)):
-    """(layer, x) of a random MoT-like layer (float64, weights N(0, 1/fan_in)) and an input of
-    whole groups (B = n·G, T, C)."""
+def ffn_setups(draw, kinds=None):
+    """(layer, x) of a random FFN layer of any kind (of FFNS as it is when drawn, or of `kinds`;
+    float64, matrices N(0, 1/fan_in), eval mode) and an input of whole groups of its group_size
+    (B = n·G, T, C)."""
+    kinds = kinds or tuple(FFNS)
+    n_groups, T, C = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(2, 6))
+    E, seed = draw(st.integers(1, 4)), draw(st.integers(0, 2 ** 16))
+    layer = make_layer(seed, ffn=draw(st.sampled_from(kinds)), n_embd=C, n_experts=E,
+                       group_size=draw(st.integers(1, 4)), expert_size=draw(st.integers(1, 5)),
+                       moe_top_k=draw(st.integers(1, E)), temperature=draw(st.floats(0.2, 5.0)))
+    return layer, randn(n_groups * layer.group_size, T, C, seed=seed)
+
+
+@st.composite
+def mot_setups(draw, kinds=MOT_KINDS, G=st.integers(1, 4), E=st.integers(1, 4),
+               H=st.integers(1, 5)):
+    """(layer, x) of a random MoT layer (a MixtureOfTokens: MoT or a variant; float64, weights
+    N(0, 1/fan_in)) and an input of whole groups (B = n·G, T, C)."""
     n_groups, T, C = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 6))
     G, seed = draw(G), draw(st.integers(0, 2 ** 16))
     layer = make_layer(seed, ffn=draw(st.sampled_from(kinds)), n_embd=C, n_experts=draw(E),
@@ -227,23 +242,30 @@ def test_expert_choice_moe_is_not_causal(device):
 # ----------------------------------------------------------------------------- grouping
 
 
-@PROPERTY
-@given(setup=mixing_setups())
-def test_groups_are_independent_and_permutations_inside_a_group_commute(setup, device):
-    """The batch's output equals each group of G examples run alone; permuting the examples
-    inside each group permutes the outputs and the merge weights the same way."""
+def check_groups(setup, device="cpu"):
+    """The batch's output equals each group of group_size examples run alone; permuting the
+    examples inside each group permutes the outputs (and MoT's merge weights) the same way."""
     layer, x = on(device, *setup)
     G = layer.group_size
-    out, weights = layer(x), layer.merge_weights
+    out, weights = layer(x), getattr(layer, "merge_weights", None)
     torch.testing.assert_close(out, torch.cat([layer(group) for group in x.split(G)]))
     perm = torch.cat([g * G + torch.randperm(G, generator=generator(g))
                       for g in range(len(x) // G)]).to(device)
     torch.testing.assert_close(layer(x[perm]), out[perm])
-    torch.testing.assert_close(layer.merge_weights, weights[perm])
+    if isinstance(layer, MixtureOfTokens):
+        torch.testing.assert_close(layer.merge_weights, weights[perm])
 
 
 @PROPERTY
-@given(setup=mixing_setups(E=st.integers(3, 4), H=st.integers(4, 5)), data=st.data())
+@given(setup=ffn_setups())
+def test_groups_are_independent_and_permutations_inside_a_group_commute(setup, device):
+    """check_groups for every FFN kind of FFNS (when drawn: a kind registered later is covered
+    too)."""
+    check_groups(setup, device)
+
+
+@PROPERTY
+@given(setup=mot_setups(E=st.integers(3, 4), H=st.integers(4, 5)), data=st.data())
 def test_a_token_reaches_its_group_at_its_position_only(setup, data, device):
     """Changing x[b, t] changes out[b', t] for every b' in b's group, and nothing else: tokens
     are mixed across the examples of a group, never across positions or groups."""
@@ -261,7 +283,7 @@ def test_a_token_reaches_its_group_at_its_position_only(setup, data, device):
 
 
 @PROPERTY
-@given(setup=mixing_setups(kinds=("mot",), G=st.just(1)))
+@given(setup=mot_setups(kinds=("mot",), G=st.just(1)))
 def test_group_size_one_is_a_dense_ffn_of_width_experts_times_expert_size(setup, device):
     """G = 1: every merge weight is 1, so MoT is one dense ReLU FFN whose hidden layer is all
     the experts' hidden units side by side (width E·H), and examples do not interact."""
@@ -275,7 +297,7 @@ def test_group_size_one_is_a_dense_ffn_of_width_experts_times_expert_size(setup,
 
 
 @PROPERTY
-@given(setup=mixing_setups(kinds=("mot",)))
+@given(setup=mot_setups(kinds=("mot",)))
 def test_mot_matches_the_loop_reference(setup, device):
     """For random shapes and τ: the layer equals the literal loop of steps 1-5, and its merge
     weights sum to 1 over each group."""
@@ -336,9 +358,10 @@ def test_merge_entropy_is_the_normalised_entropy_over_each_group(routing, device
 
 def test_merge_entropy_after_an_eval_batch_with_a_partial_group(device):
     """merge_entropy() is a number in [0, 1] after an eval forward whose batch was padded."""
-    layer = make_layer(device=device, **GROUPED).eval()
-    layer(randn(4, 3, 8, device=device))
-    assert 0.0 <= layer.merge_entropy() <= 1.0
+    model = make_gpt(device=device, **GROUPED).eval()
+    model(random_tokens(model, 4, 3))
+    for layer in model.ffns(MixtureOfTokens):
+        assert 0.0 <= layer.merge_entropy() <= 1.0
 
 
 # ----------------------------------------------------------------------------- continuity
@@ -361,7 +384,7 @@ def tie(layer, x) -> dict:
 
 
 @PROPERTY
-@given(setup=mixing_setups(G=st.just(2), H=st.integers(4, 5)))
+@given(setup=mot_setups(G=st.just(2), H=st.integers(4, 5)))
 def test_mot_is_lipschitz_in_its_parameters_even_at_a_routing_tie(setup, device):
     """Moving every parameter by eps·d changes the output by at most L·eps, for eps from 1e-1
     down to 1e-4, L = 2·(the ratio at the smallest eps), at a routing tie too; the ratio
@@ -500,21 +523,47 @@ def test_learnable_temperature_stays_positive_and_gets_gradient(device):
 # ----------------------------------------------------------------------------- eval padding
 
 
+def make_block(seed=0, device="cpu", **overrides) -> Block:
+    """A float64 Block of tiny_config(**overrides) in eval mode, its FFN's matrices random."""
+    torch.manual_seed(seed)
+    config = tiny_config(**overrides)
+    block = Block(config, config.ffn).to(DT)
+    randomize_(block.ffn, seed)
+    return block.to(device).eval()
+
+
 @pytest.mark.parametrize("B", [1, 4, 5])
 def test_eval_pads_a_partial_group_with_zero_rows(B, device):
-    """Eval: a batch that is not a multiple of G gives the zero-padded batch's output, sliced."""
-    layer, x = make_layer(device=device, **GROUPED).eval(), randn(B, 3, 8, device=device)
-    out = layer(x)
-    assert out.shape == (B, 3, 8) and layer.merge_weights.shape == (B, 3, 4)
-    padded = torch.cat([x, torch.zeros(-B % 3, 3, 8, dtype=DT, device=device)])
-    torch.testing.assert_close(out, layer(padded)[:B])
+    """Eval: where the batch is not whole groups, a Block runs its FFN on the batch filled up with
+    zero rows and keeps the real rows' outputs: every kind whose group_size > 1 (3 where the kind
+    takes it from the config) decodes a partial group with no code of its own. MoT keeps the
+    padded batch's merge weights."""
+    grouped = []
+    for kind in FFNS:
+        block, x = make_block(device=device, ffn=kind, **GROUPED), randn(B, 3, 8, device=device)
+        G = block.ffn.group_size
+        if G == 1:
+            continue
+        grouped.append(kind)
+        out = block(x)
+        assert out.shape == (B, 3, 8)
+        if isinstance(block.ffn, MixtureOfTokens):
+            assert block.ffn.merge_weights.shape == (B + -B % G, 3, 4)
+        h = x + block.attn(block.ln_1(x))
+        padded = torch.cat([block.ln_2(h), torch.zeros(-B % G, 3, 8, dtype=DT, device=device)])
+        torch.testing.assert_close(out, h + block.ffn(padded)[:B])
+    assert set(MOT_KINDS) <= set(grouped)
 
 
 def test_train_mode_rejects_a_partial_group(device):
-    """Train: a batch that is not a multiple of G raises a ValueError that names group_size."""
-    layer = make_layer(device=device, **GROUPED).train()
-    with pytest.raises(ValueError, match="group_size"):
-        layer(randn(4, 3, 8, device=device))
+    """Train: a batch that is not whole groups raises a ValueError naming group_size, for every
+    kind whose group_size > 1."""
+    for kind in FFNS:
+        block = make_block(device=device, ffn=kind, **GROUPED).train()
+        G = block.ffn.group_size
+        if G > 1:
+            with pytest.raises(ValueError, match=f"group_size={G}"):
+                block(randn(G + 1, 3, 8, device=device))
 
 
 def test_merge_entropy_before_any_forward_says_so():
@@ -522,14 +571,21 @@ def test_merge_entropy_before_any_forward_says_so():
         make_layer(**GROUPED).merge_entropy()
 
 
-def test_generate_single_sequence_with_mot(device):
-    """GPT.generate decodes one sequence with MoT (group_size 4): prefix kept, valid tokens."""
-    model = make_gpt(device=device, ffn="mot", group_size=4).eval()
+def check_generate_one(kind: str, device="cpu"):
+    """GPT.generate decodes one sequence (a partial group of 4 for MoT; of its group_size for
+    another grouped FFN): prefix kept, valid tokens, with and without the KV cache."""
+    model = make_gpt(device=device, ffn=kind, group_size=4).eval()
     idx = random_tokens(model, 1, 3)
-    torch.manual_seed(0)
-    out = model.generate(idx, max_new_tokens=7, top_k=5)  # runs past block_size=8: cropping too
-    assert out.shape == (1, 10) and torch.equal(out[:, :3], idx)
-    assert ((out >= 0) & (out < model.config.vocab_size)).all()
+    for kv_cache in (True, False):
+        torch.manual_seed(0)  # runs past block_size=8: cropping too
+        out = model.generate(idx, max_new_tokens=7, top_k=5, kv_cache=kv_cache)
+        assert out.shape == (1, 10) and torch.equal(out[:, :3], idx)
+        assert ((out >= 0) & (out < model.config.vocab_size)).all()
+
+
+@pytest.mark.parametrize("kind", sorted(FFNS))
+def test_generate_decodes_one_sequence_with_every_kind(kind, device):
+    check_generate_one(kind, device)
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -542,13 +598,12 @@ def float32_gpt(kind: str, seed=0, device="cpu", **overrides) -> GPT:
     return model.float().eval()
 
 
-@pytest.mark.parametrize("kind, B", [("dense", 3), ("mot", 4), ("mot", 1), ("mot", 3),
-                                     ("mot_emit_softmax", 2), ("moe", 3)])
-def test_kv_cache_decodes_exactly_as_recomputing_everything(kind, B, device):
+def check_kv_cache(kind: str, B: int, device="cpu"):
     """Greedy decoding with the KV cache gives the same tokens as recomputing the whole context
     at every step, also past block_size (8); while the cache is in use, each step's logits equal
-    a full forward's last-position logits. MoT too, with whole and zero-padded groups: a step
-    feeds the batch's tokens of one position, exactly the groups of a full forward."""
+    a full forward's last-position logits. A grouped FFN too, with whole and zero-padded groups:
+    a step feeds the batch's tokens of one position, exactly the groups of a full forward (for
+    MoT, which mixes only the tokens of one position)."""
     model = float32_gpt(kind, device=device)
     idx = random_tokens(model, B, 3)
     tokens = model.generate(idx, max_new_tokens=9, temperature=0)  # 12 tokens > block_size
@@ -560,6 +615,12 @@ def test_kv_cache_decodes_exactly_as_recomputing_everything(kind, B, device):
             step, _ = model(tokens[:, start:end], kv_cache=cache)
             full, _ = model(tokens[:, :end])
             torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("B", [1, 3, 4])  # group_size 2: a padded group, and whole groups
+@pytest.mark.parametrize("kind", sorted(FFNS))
+def test_kv_cache_decodes_exactly_as_recomputing_everything(kind, B, device):
+    check_kv_cache(kind, B, device)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
@@ -580,6 +641,21 @@ def test_kv_cache_in_16_bits_decodes_as_recomputing_up_to_a_rounding_tie(kind, d
         rows = (cached[:, t] != recomputed[:, t]).nonzero().flatten()
         gap = (logits[rows, recomputed[rows, t]] - logits[rows, cached[rows, t]]).abs().max()
         assert gap <= TOLERANCE[dtype] * logits.abs().max(), (t, gap)
+
+
+def test_a_one_token_step_attends_to_the_cache_without_a_mask(monkeypatch):
+    """Attention with a cache: a whole prompt is causal, one new token sees every key with no
+    mask (so flash attention may run it), a chunk after cached keys takes the shifted triangle."""
+    model, calls, attention = float32_gpt("dense", n_layer=1), [], F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, k, v, attn_mask, is_causal,
+                        **kw: calls.append((attn_mask, is_causal))
+                        or attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **kw))
+    tokens, cache = random_tokens(model, 2, 6), [{}]
+    with torch.no_grad():
+        for start, end in ((0, 3), (3, 4), (4, 6)):
+            model(tokens[:, start:end], kv_cache=cache)
+    masks = [(None if mask is None else mask.int().tolist(), causal) for mask, causal in calls]
+    assert masks == [(None, True), (None, False), ([[1, 1, 1, 1, 1, 0], [1] * 6], False)]
 
 
 @pytest.mark.parametrize("kv_cache", [True, False])
@@ -799,15 +875,22 @@ def test_moe_off_torchs_grouped_mm_stays_linear_in_memory(dtype, n_embd):
     assert layer_bytes(dtype, n_embd) <= 1.1 * grouped * dtype.itemsize / 4 * n_embd / 64
 
 
-def test_a_training_forward_reads_nothing_back_to_the_host(monkeypatch, device):
-    """In training mode no FFN kind's forward and backward reads a tensor's value on the host
-    (each read waits for the GPU); the id check runs in eval mode, MoT keeps its merge weights
-    only there."""
+def host_reads(monkeypatch) -> list:
+    """A list to which, from now on, every read of a tensor's value on the host (each a wait for
+    the GPU) appends the name of its method."""
     reads = []
     for method in ("item", "tolist", "__bool__", "__int__", "__float__"):
         original = getattr(torch.Tensor, method)
         monkeypatch.setattr(torch.Tensor, method, lambda self, *a, _o=original, _m=method:
                             reads.append(_m) or _o(self, *a))
+    return reads
+
+
+def test_a_training_forward_reads_nothing_back_to_the_host(monkeypatch, device):
+    """In training mode no FFN kind's forward and backward reads a tensor's value on the host
+    (each read waits for the GPU); the id check runs in eval mode, MoT keeps its merge weights
+    only there."""
+    reads = host_reads(monkeypatch)
     for kind in FFNS:  # float32: MoE's experts in torch's grouped_mm (float64 reads its offsets)
         model = make_gpt(device=device, ffn=kind, n_experts=4, group_size=2, moe_top_k=2).float()
         idx = random_tokens(model, 4, 8)
@@ -817,6 +900,26 @@ def test_a_training_forward_reads_nothing_back_to_the_host(monkeypatch, device):
         assert all(layer.merge_weights is None for layer in model.ffns(MixtureOfTokens))
     with pytest.raises(ValueError, match="vocab_size"):
         model.eval()(idx + 1000)
+
+
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_decoding_steps_read_nothing_back_to_the_host(monkeypatch, kv_cache, device):
+    """generate reads values back to the host twice, checking the prompt's and the companions'
+    ids, whether it decodes 0, 1 or 9 tokens: a step (forward, top-k sampling, a companion's
+    token) reads nothing, for every FFN kind, with and without the cache (9 steps run past
+    block_size 8: the cropped window too)."""
+    models = {kind: float32_gpt(kind, device=device, group_size=4) for kind in FFNS}
+    idx, companions = random_tokens(models["dense"], 3, 3), random_tokens(models["dense"], 1, 12)
+    reads = host_reads(monkeypatch)
+    for kind, model in models.items():
+        counted = {}
+        for steps in (0, 1, 9):
+            reads.clear()
+            tokens = model.generate(idx, steps, temperature=1.0, top_k=5, kv_cache=kv_cache,
+                                    companions=companions)
+            counted[steps] = list(reads)
+            assert tokens.shape == (3, 3 + steps)
+        assert counted == {steps: ["__bool__"] * 2 for steps in (0, 1, 9)}, kind
 
 
 @pytest.mark.parametrize("kind", ["dense", "mot", "moe"])
@@ -1070,7 +1173,7 @@ def flop_pair(ffn: str, **overrides):
     return dense, other, overrides["n_layer"] - overrides["n_dense_layers"]
 
 
-@pytest.mark.parametrize("ffn", MIXING_KINDS)
+@pytest.mark.parametrize("ffn", MOT_KINDS)
 @pytest.mark.parametrize("n_layer, n_dense_layers, group_size", [(2, 0, 2), (2, 1, 2), (3, 1, 4)])
 def test_mot_flops_exceed_dense_by_the_mixing_term_only(ffn, n_layer, n_dense_layers, group_size):
     """FLOP-matched MoT (H = 4C·G/E) costs dense + 6·n_mot·(C·E controller + 2·C·E merge/emit)

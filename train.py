@@ -85,6 +85,9 @@ class TrainConfig(GPTConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        # ~ as a shell expands it; data_root absolute, as saved: a resume from elsewhere finds it
+        self.out_dir = os.path.expanduser(self.out_dir)
+        self.data_root = os.path.abspath(os.path.expanduser(self.data_root))
         world_size = int(os.environ.get("WORLD_SIZE", 1))  # the processes torchrun starts
 
         def require(ok, key, why):
@@ -103,6 +106,8 @@ class TrainConfig(GPTConfig):
                 "must be >= 1: an evaluation averages that many batches")
         for key in ("max_iters", "learning_rate", "min_lr", "warmup_iters", "weight_decay"):
             require(getattr(self, key) >= 0, key, "must be >= 0")
+        require(not self.decay_lr or self.min_lr <= self.learning_rate, "min_lr",
+                f"must be <= learning_rate={self.learning_rate}: the decay would raise the rate")
         require(not self.decay_lr or self.lr_decay_iters > self.warmup_iters, "lr_decay_iters",
                 f"must be > warmup_iters={self.warmup_iters} (the cosine decay runs from "
                 f"warmup_iters to lr_decay_iters), or set decay_lr=False")

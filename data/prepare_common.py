@@ -1,5 +1,6 @@
 """Helpers shared by the prepare scripts: fetch the text, write uint16 token files and meta.json."""
 
+import argparse
 import json
 import os
 import shutil
@@ -85,9 +86,23 @@ def staged(out_dir: str):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def command_line(description: str) -> None:
+    """A prepare script's command line: --help prints what it does; it takes no arguments (an
+    argument given is one line, before anything is written)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.error = lambda message: fail(f"{message}: this script takes no arguments (see --help)")
+    parser.parse_args()
+
+
 def write_tokens(ids, path: str) -> None:
+    """ids as uint16 at path; none, or one beyond uint16, is one line naming the file."""
     ids = np.asarray(ids)
-    assert ids.max(initial=0) < 2**16, "token ids must fit in uint16"
+    if ids.size == 0:
+        fail(f"{os.path.basename(path)} would hold no tokens: the text is too short to split "
+             f"into train and val; give it more text")
+    if ids.max() >= 2**16:
+        fail(f"{os.path.basename(path)} would hold token id {ids.max()}: more distinct tokens "
+             f"than uint16 ids can hold (65536); use a text with fewer distinct characters")
     ids.astype(np.uint16).tofile(path)
 
 

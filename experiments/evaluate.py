@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mot.py, ...
-from checkpoints import load_checkpoint  # noqa: E402
+import convert  # noqa: E402
 from configurator import fail  # noqa: E402
 from dataset import eval_batches, get_batch, load, windows  # noqa: E402
 from devices import device_problem  # noqa: E402
@@ -168,15 +168,21 @@ def main(argv=None) -> None:
               "| one sequence at a time | one sequence at a time, with companions |")
         print("|---|---|---|---|---|---|")
     for out_dir in args.out_dirs:
-        model, checkpoint = load_checkpoint(os.path.join(out_dir, "ckpt.pt"), args.device)
-        # the run's settings as dataset.eval_batches reads them (attributes, as of a TrainConfig)
-        saved = checkpoint["config"]
+        try:  # the run's settings (config) too: its data, batches and seed are evaluated
+            model, checkpoint = convert.from_checkpoint(os.path.join(out_dir, "ckpt.pt"),
+                                                        args.device, needs=("config",))
+        except ValueError as e:
+            fail(str(e))
+        # the run's settings as dataset.eval_batches reads them (attributes, as of a TrainConfig);
+        # the optimizer's state, still on the disk, is let go with the rest
+        saved, iter_num = checkpoint["config"], checkpoint["iter_num"]
+        del checkpoint
         c = SimpleNamespace(**dict(saved, device=args.device,
                                    eval_iters=args.eval_iters or saved["eval_iters"]))
         splits = load(c.data_root, c.dataset, c.block_size)[0]
         group_size = max(block.ffn.group_size for block in model.transformer.h)
         ffn = model.transformer.h[-1].ffn
-        row = f"| {out_dir} | {type(ffn).__name__}({ffn.extra_repr()}) | {checkpoint['iter_num']} "
+        row = f"| {out_dir} | {type(ffn).__name__}({ffn.extra_repr()}) | {iter_num} "
         if args.windows:
             w = window_losses(model, splits["val"], c, group_size)
             share = f"{100 * w['overlapping']:.1f}%" if group_size > 1 else "— (no groups)"

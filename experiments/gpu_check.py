@@ -27,7 +27,7 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-from devices import device_problem  # noqa: E402
+from devices import device_problem, unusable_gpu  # noqa: E402
 
 TESTS = ["test_mot.py", "tests/test_device.py"]
 # per test: the learner's path runs train.py twice, each with the recipe's compile
@@ -61,8 +61,9 @@ def parse(argv: list) -> tuple:
         else:
             rest.append(arg)
     if device is None:
-        if not torch.cuda.is_available():
-            fail("torch sees no GPU here: give --device=cpu to run the check on this CPU")
+        if not torch.cuda.is_available():  # a GPU this torch cannot use: say why
+            fail(unusable_gpu() or "torch sees no GPU here: give --device=cpu to run the check "
+                                   "on this CPU")
         device = "cuda"
     problem = device_problem(device)
     if problem:

@@ -1,15 +1,12 @@
 """The evidence scripts keep working: bench.py, plot.py, evaluate.py, visualize.py (tiny sizes,
 no timing asserts)."""
 
-import json
-import os
 import subprocess
 import sys
 
 import pytest
 
 import evaluate
-import gpu_check
 import plot
 import visualize
 from conftest import ROOT
@@ -69,47 +66,3 @@ def test_plot_evaluate_and_visualize_on_tiny_runs(tmp_path, run_train, capsys, m
     assert (tmp_path / "mot" / "merge_entropy.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="no merge weights"):
         visualize.main([f"--out_dir={tmp_path / 'dense'}"])
-
-
-def run_gpu_check(tmp_path, *args, fail=None):
-    """bash experiments/gpu_check.sh --device=cpu --tiny, with sys.executable as PYTHON and
-    pytest and hypothesis made unimportable (a borrowed GPU machine may have neither); fail:
-    the section MOT_GPU_CHECK_FAIL makes raise. Returns the process and the JSON lines."""
-    blocked = tmp_path / "blocked"
-    blocked.mkdir()
-    for module in ("pytest", "hypothesis"):
-        (blocked / f"{module}.py").write_text(
-            f"raise ImportError('the GPU check must not need {module}')\n")
-    env = {k: v for k, v in os.environ.items() if k != "MOT_GPU_CHECK_FAIL"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(blocked), env.get("PYTHONPATH")]))
-    env["PYTHON"] = sys.executable
-    if fail:
-        env["MOT_GPU_CHECK_FAIL"] = fail
-    out = tmp_path / "x.jsonl"
-    result = subprocess.run(["bash", "experiments/gpu_check.sh", "--device=cpu", "--tiny",
-                             f"--out={out}", *args], cwd=ROOT, env=env, capture_output=True,
-                            text=True)
-    return result, [json.loads(line) for line in out.read_text().splitlines()]
-
-
-def test_the_gpu_check_runs_every_section_on_a_cpu(tmp_path):
-    """Every section in its own process, tiny, on a CPU: one JSON line each, all ok, exit 0."""
-    result, lines = run_gpu_check(tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert [line["section"] for line in lines] == list(gpu_check.SECTIONS)
-    assert [line["status"] for line in lines] == ["ok"] * len(lines), result.stdout
-    assert all(line["figures"]["headline"] and line["seconds"] > 0 for line in lines)
-    assert "| section | status | seconds | result |" in result.stdout
-    assert f"{len(lines)} of {len(lines)} sections ok" in result.stdout
-
-
-def test_the_gpu_check_goes_on_after_a_failing_section(tmp_path):
-    """A section that raises is recorded with its error's last line, the sections after it still
-    run, and the check exits 1. Three cheap sections: the runner treats every section alike."""
-    result, lines = run_gpu_check(tmp_path, "--sections=environment,layers,kv_cache",
-                                  fail="layers")
-    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
-    assert [(line["section"], line["status"]) for line in lines] == [
-        ("environment", "ok"), ("layers", "failed"), ("kv_cache", "ok")]
-    assert lines[1]["error"] == "RuntimeError: injected failure (MOT_GPU_CHECK_FAIL=layers)"
-    assert "| layers | failed |" in result.stdout and "2 of 3 sections ok" in result.stdout

@@ -1,8 +1,10 @@
 """Tests of the data scripts, train.py and sample.py on tiny models (seconds on a CPU)."""
 
 import glob
+import importlib.util
 import json
 import os
+import re
 import sys
 import types
 
@@ -19,7 +21,7 @@ import dataset
 import sample
 import test_mot
 import train
-from mot import FFN, FFNS, GPT, MLP, GPTConfig
+from mot import FFNS, GPT, MixtureOfTokens
 
 from conftest import CORPUS, ROOT, SHARED, TINY, read_log
 
@@ -404,51 +406,61 @@ def test_wandb_logs_the_log_lines_offline(tmp_path, run_train, monkeypatch):
 
 
 def test_wandb_missing_is_one_line_before_anything_is_written(tmp_path, run_train, monkeypatch):
-    monkeypatch.setattr(bookkeeping.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(SystemExit, match="^error: wandb_log=True: needs the wandb package: "
                                          "pip install wandb$"):
         run_train(tmp_path / "out", "--wandb_log=True")
     assert not os.path.exists(tmp_path / "out")
 
 
-class PairMixer(FFN):
-    """A new FFN, as a user would add one: each token, plus the mean of it and its partner's
-    token at the same position (examples 2g and 2g+1: a toy MoT of one expert and uniform
-    weights), through a dense FFN."""
-    group_size, mixes_examples = 2, True
-
-    def __init__(self, n_embd: int):
-        super().__init__()
-        self.mlp = MLP(n_embd)
-
-    @classmethod
-    def from_config(cls, config: GPTConfig) -> "PairMixer":
-        return cls(config.n_embd)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        pairs = x.view(B // 2, 2, T, C)
-        return self.mlp((pairs + pairs.mean(1, keepdim=True)).view(B, T, C))
-
-    def num_active_params(self) -> int:
-        return self.mlp.num_active_params()
+def readme_ffn() -> tuple:
+    """README.md's "Add your own FFN" example: its FFNS key and its class, its code run as a
+    reader pastes it, up to its FFNS line (the registration is the test's, undone after it)."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = re.search(r"^### Add your own FFN\n(.*?)(?=^##)", text, re.DOTALL | re.MULTILINE)
+    code = re.search(r"^```python\n(.*?)^```", section.group(1), re.DOTALL | re.MULTILINE)[1]
+    registration = re.search(r'^FFNS\["(\w+)"\] = (\w+)', code, re.MULTILINE)
+    namespace = {"__name__": "readme_ffn"}
+    exec(compile(code[:registration.start()], "README.md, Add your own FFN", "exec"),  # noqa: S102
+         namespace)
+    return registration[1], namespace[registration[2]]
 
 
 def test_a_new_ffn_is_one_class_and_one_line_in_ffns(tmp_path, run_train, monkeypatch):
-    """PairMixer, registered with one FFNS line, trains through train.py (whole pairs checked,
-    its FLOPs counted, resumed exactly) and is causal by the property every kind is tested for."""
-    monkeypatch.setitem(FFNS, "pair", PairMixer)
-    full = run_train(tmp_path / "full", "--ffn=pair", "--max_iters=6", "--dropout=0.0")
+    """README.md's example, a grouped FFN that is not MoT, registered with its one FFNS line:
+    test_mot.py's properties of every kind hold for it (causal, whole groups independent and
+    permutations inside a group commuting, the KV cache exact, from_config by keyword, a step
+    lowers the loss), GPT.generate decodes one sequence (a padded group: no code of its own),
+    and train.py trains it (whole groups checked, resumed exactly)."""
+    kind, cls = readme_ffn()
+    assert cls.group_size > 1 and not issubclass(cls, MixtureOfTokens)
+    monkeypatch.setitem(FFNS, kind, cls)
+
+    @test_mot.PROPERTY
+    @given(setup=test_mot.gpt_setups((kind,)), groups=test_mot.ffn_setups((kind,)),
+           data=st.data())
+    def properties(setup, groups, data):
+        test_mot.check_causal(setup, data)
+        test_mot.check_groups(groups)
+    properties()
+    for B in (1, 3, 4):
+        test_mot.check_kv_cache(kind, B)
+    test_mot.check_generate_one(kind)
+    test_mot.test_every_registered_kind_builds_a_gpt_that_trains(kind, torch.device("cpu"))
+    with monkeypatch.context() as patch:  # patches the class's __init__: undone right after
+        test_mot.test_from_config_sets_every_constructor_argument_by_name(kind, patch)
+    args = (f"--ffn={kind}", "--dropout=0.0")
+    full = run_train(tmp_path / "full", *args, "--max_iters=6")
     assert full[-1]["train_loss"] < full[0]["train_loss"]
-    run_train(tmp_path / "split", "--ffn=pair", "--max_iters=4", "--dropout=0.0")
-    resumed = run_train(tmp_path / "split", "--ffn=pair", "--max_iters=6", "--dropout=0.0",
-                        "--init_from=resume")
+    run_train(tmp_path / "split", *args, "--max_iters=4")
+    resumed = run_train(tmp_path / "split", *args, "--max_iters=6", "--init_from=resume")
     assert [(r["iter"], r["val_loss"]) for r in resumed] == [(r["iter"], r["val_loss"])
                                                             for r in full]
-    with pytest.raises(SystemExit, match="batch_size=3 .* multiple of group_size=2: pair"):
-        run_train(tmp_path / "odd", "--ffn=pair", "--batch_size=3")
-    given(setup=test_mot.gpt_setups(("pair",)), data=st.data())(
-        test_mot.PROPERTY(test_mot.check_causal))()
+    G = cls.group_size
+    with pytest.raises(SystemExit, match=f"batch_size={G + 1} .* multiple of group_size={G}: "
+                                         f"{kind}"):
+        run_train(tmp_path / "odd", *args, f"--batch_size={G + 1}")
 
 
 def test_the_first_step_is_timed_apart_and_the_clock_waits_only_where_it_reads(

@@ -24,7 +24,7 @@ import sysconfig
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from prepare_common import fail, staged, write_meta, write_tokens  # noqa: E402
+from prepare_common import command_line, fail, staged, write_meta, write_tokens  # noqa: E402
 
 SKIPPED_DIRS = {"site-packages", "dist-packages", "__pycache__"}  # installed packages, bytecode
 
@@ -78,4 +78,5 @@ def prepare(out_dir: str, source_dir: str) -> None:
 
 
 if __name__ == "__main__":
+    command_line(__doc__)
     prepare(os.path.dirname(os.path.abspath(__file__)), sysconfig.get_paths()["stdlib"])

@@ -5,8 +5,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from prepare_common import (GPT2_PADDED_VOCAB, gpt2_encoding, read_or_download,  # noqa: E402
-                            staged, write_meta, write_tokens)
+from prepare_common import (GPT2_PADDED_VOCAB, command_line, gpt2_encoding,  # noqa: E402
+                            read_or_download, staged, write_meta, write_tokens)
 
 
 def prepare(out_dir: str) -> None:
@@ -22,4 +22,5 @@ def prepare(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
+    command_line(__doc__)
     prepare(os.path.dirname(os.path.abspath(__file__)))

@@ -5,7 +5,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from prepare_common import read_or_download, staged, write_meta, write_tokens  # noqa: E402
+from prepare_common import (command_line, read_or_download, staged, write_meta,  # noqa: E402
+                            write_tokens)
 
 
 def prepare(out_dir: str) -> None:
@@ -23,4 +24,5 @@ def prepare(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
+    command_line(__doc__)
     prepare(os.path.dirname(os.path.abspath(__file__)))
