@@ -31,18 +31,6 @@ from mot import GPT, MixtureOfTokens
 # ----------------------------------------------------------------------------- the start
 
 
-def check_data(config, checkpoint, meta: dict) -> None:
-    """That the dataset's meta.json fits the checkpoint the run starts from, if any."""
-    if checkpoint is not None and checkpoint["meta"] is None and meta["tokenizer"] != "gpt2":
-        fail(f"--init_from={config.init_from} is GPT-2, which reads the GPT-2 BPE, but "
-             f"dataset {config.dataset!r} has tokenizer {meta['tokenizer']!r}: use a GPT-2 "
-             f"BPE dataset such as shakespeare (python data/shakespeare/prepare.py)")
-    if checkpoint is not None and checkpoint["meta"] is not None and meta != checkpoint["meta"]:
-        fail(f"{os.path.join(config.data_root, config.dataset, 'meta.json')} is not the "
-             f"meta.json the checkpoint was trained with (another tokenizer or vocabulary): "
-             f"give the data_root that holds its dataset {config.dataset!r}")
-
-
 def check_model(config, model: GPT):
     """The settings with the model's config, and their checks that need the model."""
     config = make(type(config), **{**asdict(config), **asdict(model.config)})
@@ -93,16 +81,19 @@ class OutDir:
     held = []  # the OutDirs this process holds, for guard to release
 
     def __init__(self, config, hold: bool):
-        self.path, self.fd, self.created = config.out_dir, None, False
+        self.path, self.fd, self.created = config.out_dir, None, None
         self.ckpt_path, self.log_path = (os.path.join(config.out_dir, name)
                                          for name in ("ckpt.pt", "log.jsonl"))
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             fail(f"out_dir={self.path!r} is a file: give a directory")
         if hold:
             try:
+                made = self.path  # the topmost folder this run makes, for release
+                while not os.path.isdir(os.path.dirname(os.path.abspath(made)) or "/"):
+                    made = os.path.dirname(os.path.abspath(made))
                 if not os.path.isdir(self.path):
                     os.makedirs(self.path)
-                    self.created = True
+                    self.created = os.path.abspath(made)
                 self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -115,10 +106,12 @@ class OutDir:
             OutDir.held.append(self)
 
     def release(self) -> None:
-        """The lock released (and out_dir removed, if this run made it and wrote nothing)."""
+        """The lock released; the folders this run made removed, if it wrote nothing."""
         os.close(self.fd)
-        if self.created and os.path.isdir(self.path) and not os.listdir(self.path):
-            os.rmdir(self.path)
+        folder = os.path.abspath(self.path)
+        while self.created and os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
+            folder = os.path.dirname(folder) if folder != self.created else ""
 
     def open(self, name: str, flags: int):
         """A file object on out_dir/name, opened through the held folder, never through a
@@ -197,11 +190,16 @@ class OutDir:
 
 
 def guard(function):
-    """function (train.main), then, however it ends, the out_dir it held released (and removed if
-    it made it and wrote nothing) and the handlers of SIGINT and SIGTERM as they were."""
+    """function (train.main), Ctrl-C and SIGTERM one line until the run's first write; then,
+    however it ends, the out_dir it held released (and the folders it made, if empty) and the
+    handlers of SIGINT and SIGTERM as they were."""
+    def starting(signum, frame):
+        fail("interrupted while starting: nothing was written")
+
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
-        handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+        handlers = {signum: signal.signal(signum, starting)
+                    for signum in (signal.SIGINT, signal.SIGTERM)}
         held = len(OutDir.held)
         try:
             return function(*args, **kwargs)

@@ -52,10 +52,11 @@ def from_checkpoint(config, given: set, checkpoint: dict, path: str, keys, may_c
     return updates, changes
 
 
-def load_checkpoint(path: str, device: str):
-    """convert.from_checkpoint, with its error as one line."""
+def load_checkpoint(path: str, device: str, needs: tuple = ()):
+    """convert.from_checkpoint (the model, and the entries `needs` that the caller reads), with
+    its error as one line."""
     try:
-        return convert.from_checkpoint(path, device)
+        return convert.from_checkpoint(path, device, needs)
     except ValueError as e:
         fail(str(e))
 
@@ -70,7 +71,7 @@ def load_source(init_from: str):
     """The model a run starts from and its checkpoint: train.py's in out_dir init_from, or GPT-2
     with a checkpoint that holds only its model settings (meta None: any GPT-2 BPE data)."""
     if not is_pretrained(init_from):
-        return load_checkpoint(os.path.join(init_from, "ckpt.pt"), "cpu")
+        return load_checkpoint(os.path.join(init_from, "ckpt.pt"), "cpu", needs=("config",))
     try:
         model = convert.from_pretrained(init_from)
     except (ImportError, OSError, ValueError) as e:
@@ -89,7 +90,8 @@ def load_start(config, given: set, out, world_size: int):
         if not os.path.exists(out.ckpt_path) and os.path.exists(out.log_path):
             fail(f"{out.log_path} is there but not {out.ckpt_path}: put the checkpoint back to "
                  f"resume, or start over with --overwrite=True")
-        model, checkpoint = load_checkpoint(out.ckpt_path, "cpu")
+        model, checkpoint = load_checkpoint(out.ckpt_path, "cpu", needs=(
+            "config", "optimizer", "scaler", "rng", "best_val_loss", "elapsed_s"))
         saved = [f.name for f in fields(config) if f.name not in ("out_dir", "init_from")]
         updates, changes = from_checkpoint(config, given, checkpoint, out.ckpt_path, saved,
                                            MAY_CHANGE_ON_RESUME)
@@ -156,3 +158,15 @@ def set_rng_state(state: dict, data_rng: torch.Generator, device: str) -> None:
               file=sys.stderr)
     else:
         torch.cuda.set_rng_state(saved.cpu(), device)
+
+
+def check_data(config, checkpoint, meta: dict) -> None:
+    """That the dataset's meta.json fits the checkpoint the run starts from, if any."""
+    if checkpoint is not None and checkpoint["meta"] is None and meta["tokenizer"] != "gpt2":
+        fail(f"--init_from={config.init_from} is GPT-2, which reads the GPT-2 BPE, but "
+             f"dataset {config.dataset!r} has tokenizer {meta['tokenizer']!r}: use a GPT-2 "
+             f"BPE dataset such as shakespeare (python data/shakespeare/prepare.py)")
+    if checkpoint is not None and checkpoint["meta"] is not None and meta != checkpoint["meta"]:
+        fail(f"{os.path.join(config.data_root, config.dataset, 'meta.json')} is not the "
+             f"meta.json the checkpoint was trained with (another tokenizer or vocabulary): "
+             f"give the data_root that holds its dataset {config.dataset!r}")

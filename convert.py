@@ -1,7 +1,7 @@
 """
 Models made from other weights, as functions of mot.py's GPT:
 
-    from_checkpoint(path, device)   the GPT train.py saved, and its checkpoint
+    from_checkpoint(path, device)   the GPT train.py saved (memory-mapped), and its checkpoint
     from_pretrained(name_or_path)   GPT-2's weights (through transformers) as a dense GPT
     upcycle(model, ffn, **settings) a dense GPT grown into MoT or MoE ("sparse upcycling")
     to_sparse(model, routing)       a MoT GPT converted to layers that do not mix examples
@@ -57,7 +57,7 @@ def from_checkpoint(path: str, device: str = "cpu", needs: tuple = ()) -> Tuple[
         raise ValueError(f"{path} lacks {', '.join(missing)}: not a checkpoint written by "
                          f"train.py")
     try:
-        with torch.device("meta"):
+        with torch.device("meta"):  # no weights of its own (aux_loss: meta until a forward)
             model = GPT(GPTConfig(**checkpoint["model_args"]))
         model.load_state_dict(checkpoint["model"], assign=True)
     except (TypeError, ValueError, RuntimeError) as e:

@@ -30,7 +30,8 @@ import configurator
 import convert
 import dataset
 from configurator import fail
-from devices import autocast, bf16_is_native, device_problem, native_dtype
+from devices import (autocast, bf16_is_native, default_device, device_problem, native_dtype,
+                     unusable_gpu)
 from mot import FFNS, GPT, GPTConfig, MixtureOfTokens
 
 
@@ -74,7 +75,7 @@ class TrainConfig(GPTConfig):
     temperature_final: Optional[float] = None
     # system: dtype "auto" is the device's native one (devices.native_dtype): bfloat16 on GPUs
     # that compute in it, float16 (with a GradScaler) on older ones, float32 on a CPU
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    device: str = default_device()
     dtype: str = "auto"
     compile: bool = False
     seed: int = 1337
@@ -236,6 +237,8 @@ def evaluate(model, splits: dict, config: TrainConfig, autocast, iter_num: int) 
 def main(argv: list) -> None:
     # the settings, the run it starts from, and every check: nothing is written before them
     config, given = configurator.configure(TrainConfig, argv, __doc__)
+    if "device" not in given and unusable_gpu():  # no CPU run unasked beside a GPU
+        fail(unusable_gpu())
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     ddp, master = world_size > 1, rank == 0
     out = bookkeeping.OutDir(config, hold=master and not config.eval_only)
@@ -257,7 +260,7 @@ def main(argv: list) -> None:
 
     # data and model
     splits, meta = dataset.load(config.data_root, config.dataset, config.block_size)
-    bookkeeping.check_data(config, checkpoint, meta)
+    checkpoints.check_data(config, checkpoint, meta)
     raw_model = build_model(config, source, meta)  # model: its compiled or DDP wrapper
     config = bookkeeping.check_model(config, raw_model)  # the model's config, saved with it
     raw_model.train().to(device)

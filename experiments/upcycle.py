@@ -30,6 +30,7 @@ from study import ROOT, execute, mean_std, path, read_results
 
 sys.path.insert(0, ROOT)
 import convert  # noqa: E402
+from configurator import fail  # noqa: E402
 import dataset  # noqa: E402
 
 EXPERIMENT = dict(
@@ -126,9 +127,10 @@ def step0(S: dict, directory: str, batches: int = 4) -> None:
     """For each upcycled target: each layer's relative distance ‖upcycled − dense‖/‖dense‖ on
     the dense model's own inputs to that layer, and the whole model's val loss, at step 0."""
     try:
-        dense, checkpoint = convert.from_checkpoint(os.path.join(directory, "ckpt.pt"))
+        dense, checkpoint = convert.from_checkpoint(os.path.join(directory, "ckpt.pt"),
+                                                    needs=("config",))
     except ValueError as e:
-        raise SystemExit(f"error: --step0 {directory}: {e}") from None
+        fail(f"--step0 {directory}: {e}")
     cfg = checkpoint["config"]
     T, B = cfg["block_size"], cfg["batch_size"] * batches
     val = os.path.join(cfg["data_root"], cfg["dataset"], "val.bin")

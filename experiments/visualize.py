@@ -61,7 +61,8 @@ def main(argv=None) -> None:
     except ImportError:
         fail("visualize.py needs matplotlib: pip install matplotlib")
 
-    model, checkpoint = load_checkpoint(os.path.join(args.out_dir, "ckpt.pt"), args.device)
+    model, checkpoint = load_checkpoint(os.path.join(args.out_dir, "ckpt.pt"), args.device,
+                                        needs=("config",))
     records = [r for r in read_log(args.out_dir) if r.get("merge_entropy")]
     layers = model.ffns(MixtureOfTokens)
     if not layers:

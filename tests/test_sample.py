@@ -11,6 +11,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
+import convert
 import devices
 import evaluate
 import gpu_check
@@ -90,6 +91,22 @@ def test_sampling_brings_in_the_weights_and_no_more(tmp_path):
           f"{grown / 2**20:.1f} MiB: {(grown - weights) / 2**20:.1f} MiB above the weights")
     assert grown > 0.9 * weights  # the measure sees the weights come in
     assert grown - weights < 0.1 * size
+
+
+def test_the_loaded_model_is_the_saved_one_bit_for_bit(tmp_path):
+    """from_checkpoint's GPT holds the saved weights exactly, its embedding and lm_head one tied
+    Parameter as in a new GPT; the checkpoint comes back without its weights (the model's now),
+    with the optimizer's state for a resume."""
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=len(CHARS),
+                       ffn="mot", n_experts=4, group_size=2)
+    saved = save_run(tmp_path, config)
+    model, checkpoint = convert.from_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert model.state_dict().keys() == saved.state_dict().keys() and not model.training
+    assert all(torch.equal(model.state_dict()[name], tensor)
+               for name, tensor in saved.state_dict().items())
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert len(list(model.parameters())) == len(list(saved.parameters()))
+    assert "model" not in checkpoint and checkpoint["optimizer"]["state"]
 
 
 # ----------------------------------------------------------------------------- four entries
