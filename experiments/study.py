@@ -609,11 +609,25 @@ def regime_points(S: dict, results: dict) -> list:
     return sorted(points, key=lambda point: point[2])
 
 
+def equal_flops_lines(S: dict, results: dict) -> dict:
+    """The recorded runs of stage equal_flops by the steps of the tiny MoT row they match."""
+    try:
+        runs = plan(S, results, "equal_flops")
+    except Waiting:
+        return {}
+    lines = {}
+    for run in runs:
+        if result(S, results, run):
+            lines.setdefault(run["mot_steps"], []).append(results[run["name"]])
+    return lines
+
+
 def regime_table(S: dict, results: dict) -> str:
     rows = ["| size | steps | tokens per dense parameter | dense val | Δ MoT − dense "
-            "| Δ MoE − dense | Δ MoE − MoT | MoT reaches dense's final at step "
-            "| MoE reaches it at |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "| Δ MoT − dense at equal FLOPs (dense's val) | Δ MoE − dense | Δ MoE − MoT "
+            "| MoT reaches dense's final at step | MoE reaches it at |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    equal = equal_flops_lines(S, results)
     for size, steps, tokens_per_param, by_model in regime_points(S, results):
         dense = by_model["dense"]
         losses = {model: [line["final_val_loss"] for line in lines]
@@ -624,13 +638,18 @@ def regime_table(S: dict, results: dict) -> str:
 
         def cell(model, base="dense"):
             return delta(losses[model], losses[base]) if model and base else "—"
+        matched = [line["final_val_loss"] for line in equal.get(steps, [])] if size == "tiny" else []
+        at_equal = (f"{delta(losses[mot_model], matched)} ({mean_std(matched)}, {len(matched)} "
+                    f"seed{'s' * (len(matched) > 1)})" if matched and mot_model else "—")
         rows.append(f"| {size} | {steps} | {tokens_per_param:.0f} "
                     f"| {mean_std(losses['dense'])} ({len(dense)} seed{'s' * (len(dense) > 1)}) "
-                    f"| {cell(mot_model)} "
+                    f"| {cell(mot_model)} | {at_equal} "
                     f"| {cell(moe_model)} | {cell(moe_model, mot_model)} "
                     f"| {reached(by_model[mot_model], target) if mot_model else '—'} "
                     f"| {reached(by_model[moe_model], target) if moe_model else '—'} |")
-    return "\n".join(rows + ["", RULE])
+    return "\n".join(rows + ["", RULE + " Equal FLOPs: dense trained for MoT's whole-model "
+                              "training FLOPs (stage equal_flops); elsewhere the experts' FLOPs "
+                              "are matched and MoT's mixing comes on top."])
 
 
 def knob_table(S: dict, results: dict, lines: list) -> str:
@@ -736,7 +755,7 @@ def tables(S: dict, results: dict, stages=STAGES, at=None) -> str:
             parts.append(baselines_table(S, results, runs))
         elif at:
             parts.append(curve_table(lines_by_model, at))
-        elif stage.startswith("regime"):  # a table per length
+        elif stage.startswith("regime") or stage == "equal_flops":  # a table per length
             for steps in sorted({line["max_iters"] for line in lines}):
                 at_steps = {model: [ln for ln in group if ln["max_iters"] == steps]
                             for model, group in lines_by_model.items()}
@@ -900,7 +919,7 @@ def main(argv=None, S=STUDY) -> None:
     if args.table or args.at or args.plot or args.docs:
         results = read_results(S)
         if args.table:
-            print(tables(S, results))
+            print(tables(S, results, STAGES + ("regime",)))
         if args.at:
             print(tables(S, results, ("final", "python_stdlib"), at=args.at))
         if args.plot:

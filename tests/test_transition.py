@@ -76,7 +76,8 @@ def test_to_sparse_rejects_what_it_cannot_convert():
 def test_annealing_schedule_hits_both_ends():
     """τ goes from temperature at step 0 to temperature_final at lr_decay_iters, monotonically,
     then stays."""
-    c = train.TrainConfig(temperature=1.0, temperature_final=0.1, lr_decay_iters=100)
+    c = train.TrainConfig(temperature=1.0, temperature_final=0.1, lr_decay_iters=100,
+                          warmup_iters=0)
     taus = [train.get_temperature(it, c) for it in range(0, 151)]
     assert (taus[0] == pytest.approx(1.0) and taus[100] == pytest.approx(0.1)
             and taus[150] == pytest.approx(0.1))
