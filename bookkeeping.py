@@ -313,7 +313,7 @@ class Run:
         self.read_clock(counted=True)
         self.states = self.rng_states()
 
-    def restart_clock(self) -> None:  # at the loop's start, after an evaluation: not training
+    def restart_clock(self) -> None:  # after an evaluation: its seconds are not training's
         self.read_clock(counted=False)
 
     def record_evaluation(self, iter_num: int, losses: dict, lr: float) -> None:

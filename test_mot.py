@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from torch.func import functional_call
 
 import convert
+import devices
 import mot
 import moe_kernels
 from bench import saved_bytes
@@ -954,7 +955,7 @@ def test_moe_trains_under_bfloat16_autocast(overrides, device):
     model = GPT(tiny_config(ffn="moe", n_layer=2, n_embd=16, n_head=2, moe_top_k=2, **overrides))
     model.to(device)
     idx = torch.randint(0, 32, (4, 8), generator=generator(0)).to(device)
-    with torch.autocast(device.type, dtype=torch.bfloat16):
+    with devices.autocast(device, "bfloat16"):
         _, loss = model(idx, idx)
     (loss + model.aux_loss).backward()
     assert torch.isfinite(loss)

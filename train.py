@@ -271,16 +271,17 @@ def main(argv: list) -> None:
     optimizer = raw_model.configure_optimizers(config.weight_decay, config.learning_rate,
                                                (config.beta1, config.beta2), device_type)
     batches = dataset.TrainBatches(splits["train"], config, data_rng, device)
-    run = bookkeeping.Run(config, out, raw_model, optimizer, scaler, meta, batches, changes,
-                          checkpoint, device)
-    iter_num = run.iter_num
-    source = checkpoint = None  # free memory
     # the model to train (compiled if asked, in DDP under torchrun) and the one to evaluate:
     # rank 0 evaluates alone, so never through DDP, whose forward waits for the other processes
     model = eval_model = torch.compile(raw_model) if config.compile else raw_model
     if ddp:
         model = DDP(model, device_ids=[torch.device(device).index]
                     if device_type == "cuda" else None)
+    # a resumed run's optimizer and random streams restored, the run's first write; its clock
+    run = bookkeeping.Run(config, out, raw_model, optimizer, scaler, meta, batches, changes,
+                          checkpoint, device)
+    iter_num = run.iter_num
+    source = checkpoint = None  # free memory
     if config.eval_only and master:  # evaluate the model as it is and write nothing
         evaluate(eval_model, splits, config, context, iter_num)
 
@@ -288,7 +289,6 @@ def main(argv: list) -> None:
     # resumed checkpoint holds), then one optimizer step; after it, a stop signal saves and stops
     accumulation_steps = config.gradient_accumulation_steps // world_size  # per process
     X, Y = batches.next()
-    run.restart_clock()
     while not config.eval_only:
         lr = get_lr(iter_num, config)
         for group in optimizer.param_groups:

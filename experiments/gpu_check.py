@@ -27,16 +27,13 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
+from configurator import fail  # noqa: E402
 from devices import device_problem, unusable_gpu  # noqa: E402
 
 TESTS = ["test_mot.py", "tests/test_device.py"]
 # per test: the learner's path runs train.py twice, each with the recipe's compile
 TIME_LIMIT_S = 600.0
 PROBLEMS = ("failed", "error", "timeout", "crashed")
-
-
-def fail(message: str):
-    raise SystemExit(f"error: {message}")
 
 
 def parse(argv: list) -> tuple:

@@ -7,7 +7,7 @@ import torch
 
 import plot
 from mot import GPT, GPTConfig
-from test_errors import error
+from conftest import error_line
 
 
 @pytest.fixture
@@ -71,11 +71,11 @@ def test_flops_need_the_checkpoint_and_offsets_need_steps(tmp_path, run_train):
     (tmp_path / "dense" / "ckpt.pt").unlink()
     with pytest.raises(SystemExit) as e:
         plot.main([str(tmp_path / "dense"), "--x=flops", f"--out={tmp_path / 'x.png'}"])
-    assert "ckpt.pt not found" in error(e) and "--x=steps" in error(e)
+    assert "ckpt.pt not found" in error_line(e) and "--x=steps" in error_line(e)
     with pytest.raises(SystemExit) as e:
         plot.main([str(tmp_path / "dense"), "--x=seconds", "--step_offsets", "2",
                    f"--out={tmp_path / 'x.png'}"])
-    assert "--step_offsets" in error(e)
+    assert "--step_offsets" in error_line(e)
 
 
 def test_a_diverged_runs_null_val_loss_is_left_out(tmp_path, run_train, figures, capsys):

@@ -5,6 +5,8 @@ import importlib.util
 import json
 import os
 import re
+import shutil
+import subprocess
 import sys
 import types
 
@@ -403,6 +405,31 @@ def test_wandb_logs_the_log_lines_offline(tmp_path, run_train, monkeypatch):
     assert data["merge_entropy/1"] == records[-1]["merge_entropy"][1]
     assert data["temperature/0"] == records[-1]["temperature"][0]
     assert glob.glob(str(tmp_path / "wandb" / "offline-run-*"))
+
+
+def test_help_lists_every_setting_and_a_field_added_to_gptconfig_is_one(tmp_path, data_root):
+    """`train.py --help` lists every TrainConfig setting with its default; a field added to
+    mot.GPTConfig (here in a copy of the repository) is listed and taken as --field=value, and
+    the run's checkpoint holds it, with no other edit."""
+    for name in glob.glob(os.path.join(ROOT, "*.py")):
+        shutil.copy(name, tmp_path)
+    source = (tmp_path / "mot.py").read_text()
+    anchor = "    aux_loss_coef: float = 0.01"
+    assert anchor in source
+    (tmp_path / "mot.py").write_text(source.replace(anchor, "    my_knob: int = 3\n" + anchor))
+
+    def run(*args):
+        return subprocess.run([sys.executable, "train.py", *args], cwd=tmp_path,
+                              capture_output=True, text=True)
+    listed = run("--help").stdout
+    for key in configurator.settings_of(train.TrainConfig):
+        assert f"  --{key}=" in listed, key
+    assert "  --my_knob=3\n" in listed
+    done = run(*TINY, f"--data_root={data_root}", "--out_dir=out", "--max_iters=0",
+                 "--my_knob=5")
+    assert done.returncode == 0, done.stderr
+    checkpoint = torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)
+    assert checkpoint["config"]["my_knob"] == 5 and checkpoint["iter_num"] == 0
 
 
 def test_wandb_missing_is_one_line_before_anything_is_written(tmp_path, run_train, monkeypatch):
