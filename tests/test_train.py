@@ -193,6 +193,31 @@ def test_each_gpu_trains_in_its_native_dtype_and_never_compiles_emulated_bfloat1
         configurator.configure(train.TrainConfig, argv)
 
 
+def test_dtype_auto_is_saved_as_given_and_bfloat16_resumes_in_float16_before_ampere(
+        tmp_path, run_train, monkeypatch, capsys):
+    """A run with dtype=auto saves "auto" (resolved again where it resumes). A checkpoint of a
+    bfloat16 run resumed with no --dtype on a GPU that emulates bfloat16 (faked: capability 7.5)
+    continues in float16, its native dtype, with a note, and compiles."""
+    out = tmp_path / "out"
+    run_train(out, "--max_iters=2", "--dtype=auto")
+    path = out / "ckpt.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["config"]["dtype"] == "auto"
+    checkpoint["config"].update(dtype="bfloat16", device="cuda", compile=True)
+    torch.save(checkpoint, path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device=None: torch.zeros(8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device=None: None)
+    config, given = configurator.configure(train.TrainConfig, [f"--out_dir={out}",
+                                                               "--init_from=resume"])
+    held = bookkeeping.OutDir(config, hold=False)
+    config, _, _, changes = checkpoints.load_start(config, given, held, 1)
+    assert (config.dtype, config.device, config.compile) == ("float16", "cuda", True)
+    assert changes["dtype"] == ["bfloat16", "float16"] and "note:" in capsys.readouterr().err
+
+
 def test_checkpoint_loads_weights_only_and_save_is_atomic(tmp_path, monkeypatch, run_train):
     """ckpt.pt loads with weights_only=True; a save interrupted midway keeps the previous
     checkpoint."""
