@@ -486,9 +486,8 @@ def delta(values: list, dense: list) -> str:
     return f"**{difference:+.4f}**" if claimed else f"{difference:+.4f}"
 
 
-RULE = ("Δ: the model's mean minus dense's. **Bold**: a difference we claim, because it is larger "
-        "than the spread of the seeds (max − min) of either model, both with 2 seeds or more; "
-        "otherwise the seeds cannot tell the two apart.")
+RULE = ("Δ: the model's mean minus dense's. **Bold**: a difference we claim, larger than the "
+        "spread (max − min) of either model's seeds, both with 2 or more.")
 
 
 def seconds(lines: list) -> str:
@@ -648,8 +647,7 @@ def regime_table(S: dict, results: dict) -> str:
                     f"| {reached(by_model[mot_model], target) if mot_model else '—'} "
                     f"| {reached(by_model[moe_model], target) if moe_model else '—'} |")
     return "\n".join(rows + ["", RULE + " Equal FLOPs: dense trained for MoT's whole-model "
-                              "training FLOPs (stage equal_flops); elsewhere the experts' FLOPs "
-                              "are matched and MoT's mixing comes on top."])
+                              "FLOPs (stage equal_flops)."])
 
 
 def knob_table(S: dict, results: dict, lines: list) -> str:
