@@ -123,8 +123,12 @@ def test_the_study_runs_every_stage_once(tiny, tmp_path, capsys, monkeypatch):
     # 6 screening (2 + 4 variants), 5 lr (+1 from screening), 10 final (3 or 4 from lr and
     # screening), 3 python_stdlib (one seed); regime: 6 lr, 3 more seeds, 2 or 3 knobs (the lr
     # knob may be an lr run) and up to 3 of their seeds, 3 at the other length, 3 long; the
-    # baselines: 5 models at 2 lrs, then their second seed
-    assert 52 <= len(lines) <= 57
+    # baselines: 5 models at 2 lrs, then their second seed; equal_flops: dense at MoT's FLOPs,
+    # 2 seeds at the usual length and 1 at the other
+    assert 55 <= len(lines) <= 60
+    equal = [line for line in lines if line["stage"] == "equal_flops"]
+    assert [line["mot_steps"] for line in equal] == [4, 4, 6]
+    assert all(line["max_iters"] >= line["mot_steps"] for line in equal)  # MoT costs more
     stages = [line["stage"] for line in lines]
     assert stages == sorted(stages, key=study.STAGES.index)
     for line in lines:
