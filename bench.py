@@ -268,7 +268,7 @@ GPT2_SIZES = dict(zip(GPT2_NAMES, [dict(n_layer=12, n_head=12, n_embd=768),
 # The GPU classes: short name, name, GiB as nvidia-smi reports them, the dtype train.py trains in
 # and MoE's grouped matmul, as devices.native_dtype and grouped_mm_syncs decide them at the GPU's
 # compute capability (T4 7.5, RTX 4090 8.9, A100 8.0, H100 9.0)
-SYNCS = "one host sync per MoE product"
+SYNCS = "6 host syncs per MoE layer per micro-step"
 GPUS = [("T4", "16 GB T4", 15.0, "float16", SYNCS),
         ("4090", "24 GB RTX 4090", 24.0, "bfloat16", SYNCS),
         ("A100-40", "40 GB A100", 40.0, "bfloat16", SYNCS),

@@ -4,7 +4,8 @@ Models made from other weights, as functions of mot.py's GPT:
     from_checkpoint(path, device)   the GPT train.py saved (memory-mapped), and its checkpoint
     from_pretrained(name_or_path)   GPT-2's weights (through transformers) as a dense GPT
     upcycle(model, ffn, **settings) a dense GPT grown into MoT or MoE ("sparse upcycling")
-    to_sparse(model, routing)       a MoT GPT converted to layers that do not mix examples
+    to_sparse(model, routing)       a MoT GPT converted: "token_choice", a MoE that mixes no
+                                    examples; "discrete", one-hot merge weights, still grouped
 
 train.py, sample.py and the experiments call these; the model itself is all in mot.py.
 """

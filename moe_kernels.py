@@ -10,17 +10,21 @@ Where torch's grouped_mm runs (read in PyTorch's source, aten/src/ATen/native/cu
 and GroupedMMUtils.h; its docs say only "bfloat16 on SM >= 80"): on a CPU and on CUDA it takes
 float32, bfloat16 and float16 whose rows are 16-byte multiples. On CUDA its fast kernel is for
 bfloat16 on compute capability 9.x and 10.x (H100, H200, B200); everywhere else it loops over the
-groups with the offsets copied to the host, a wait for the GPU in every call (grouped_mm_syncs).
-Both are linear in memory. Elsewhere (float64, other widths or devices, or a torch with neither
-F.grouped_mm, public since 2.10, nor its older private name torch._grouped_mm) grouped_mm below
-loops over the experts' row ranges itself, also linear in memory.
+groups with the offsets copied to the host, a wait for the GPU in every call (grouped_mm_syncs):
+6 per MoE layer per micro-step (2 products forward, 2 each backward). Here the fast kernel runs on
+9.x only (SYNC_FREE): 10.x takes the loop below until a test on one shows torch's gradients
+right there. The loop below serves wherever torch's does not (float64, other widths or devices,
+10.x, or a torch with neither F.grouped_mm, public since 2.10, nor its older private name
+torch._grouped_mm): on CUDA it reads the offsets once per call, 2 waits per layer per micro-step.
+Both are linear in memory.
 """
 
 import torch
 import torch.nn.functional as F
 
 GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# torch's op: F.grouped_mm (2.10 on) calls torch._grouped_mm, the same op (2.8 on); None: the loop
+# torch's op: F.grouped_mm (2.10 on) calls torch._grouped_mm, the same op (2.9 takes CPU tensors;
+# 2.8's runs on CUDA only, the tests fail there: docs/gpus.md#which-torch); None: the loop
 TORCH_GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 
 
@@ -49,24 +53,34 @@ _grouped_mm.register_autograd(_grouped_mm_backward,
                               ctx.save_for_backward(*inputs))
 
 
+# The compute capabilities (major) where torch's bfloat16 grouped_mm takes its fast kernel, and
+# those of them where it is used here: a PyTorch issue reports wrong gradients for empty experts
+# on 10.x (B200), so 10.x joins SYNC_FREE once tests/test_device.py passes on one
+FAST_KERNEL, SYNC_FREE = (9, 10), (9,)
+
+
+def fast_kernel(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether torch's grouped_mm would run its fast, sync-free kernel on this device and dtype."""
+    return (device.type == "cuda" and dtype == torch.bfloat16
+            and torch.cuda.get_device_capability(device)[0] in FAST_KERNEL)
+
+
 def runs_grouped_mm(device: torch.device, dtype: torch.dtype, k: int, n: int) -> bool:
-    """Whether torch's grouped_mm takes (M, k) x (G, k, n) inputs of this device and dtype: on a
-    CPU or CUDA, float32, bfloat16 or float16, rows of 16-byte multiples; never where torch has
-    no grouped_mm."""
+    """Whether grouped_mm calls torch's for (M, k) x (G, k, n) inputs of this device and dtype:
+    on a CPU or CUDA, float32, bfloat16 or float16, rows of 16-byte multiples; never where torch
+    has no grouped_mm, nor where its fast kernel is not in SYNC_FREE."""
     align = 16 // dtype.itemsize
     return (TORCH_GROUPED_MM is not None and device.type in ("cpu", "cuda")
-            and dtype in GROUPED_MM_DTYPES
-            and k % align == 0 and n % align == 0)
+            and dtype in GROUPED_MM_DTYPES and k % align == 0 and n % align == 0
+            and not (fast_kernel(device, dtype)
+                     and torch.cuda.get_device_capability(device)[0] not in SYNC_FREE))
 
 
 def grouped_mm_syncs(device: torch.device, dtype: torch.dtype, k: int, n: int) -> bool:
     """Whether grouped_mm waits for the GPU (reads the offsets on the host): everywhere on CUDA
-    but torch's fast kernel, bfloat16 on compute capability 9.x or 10.x."""
-    if device.type != "cuda":
-        return False
-    fast = (runs_grouped_mm(device, dtype, k, n) and dtype == torch.bfloat16
-            and torch.cuda.get_device_capability(device)[0] in (9, 10))
-    return not fast
+    but torch's fast kernel on a SYNC_FREE capability."""
+    return device.type == "cuda" and not (runs_grouped_mm(device, dtype, k, n)
+                                          and fast_kernel(device, dtype))
 
 
 def grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:

@@ -619,8 +619,9 @@ class GPT(nn.Module):
                  top_k: Optional[int] = None, kv_cache: bool = True,
                  companions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Sample max_new_tokens after idx (B, T); temperature 0 = greedy (argmax). Call
-        model.eval() first. For MoT the B sequences are mixed in groups of group_size, as in
-        training; a partial group is padded with zero rows, unless companions fill it.
+        model.eval() first. A grouped FFN (MoT, or any with group_size > 1) groups the B
+        sequences as in training; a partial group is padded with zero rows (Block.ffn_in_groups),
+        unless companions fill it.
 
         companions (K, L), L >= T + max_new_tokens: K windows of training text that join the
         batch after idx, so that a few sequences are grouped with real text as in training, fed

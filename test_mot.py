@@ -784,7 +784,7 @@ def test_moe_grouped_matmul_in_float32_matches_the_loop_reference(top_k, capacit
 
 
 @pytest.mark.parametrize("device, dtype, capability, grouped, syncs", [
-    ("cuda", torch.bfloat16, (9, 0), True, False), ("cuda", torch.bfloat16, (10, 0), True, False),
+    ("cuda", torch.bfloat16, (9, 0), True, False), ("cuda", torch.bfloat16, (10, 0), False, True),
     ("cuda", torch.bfloat16, (8, 0), True, True), ("cuda", torch.bfloat16, (8, 9), True, True),
     ("cuda", torch.bfloat16, (12, 0), True, True), ("cuda", torch.float16, (7, 5), True, True),
     ("cuda", torch.float16, (9, 0), True, True), ("cuda", torch.float32, (7, 0), True, True),
@@ -794,8 +794,9 @@ def test_moe_grouped_matmul_in_float32_matches_the_loop_reference(top_k, capacit
 def test_moe_runs_grouped_mm_where_torch_takes_it_and_knows_where_it_syncs(
         monkeypatch, device, dtype, capability, grouped, syncs):
     """torch's grouped_mm takes 16-bit and float32 rows of 16-byte multiples on a CPU and on
-    CUDA of any capability (faked here); on CUDA only bfloat16 on 9.x and 10.x runs without
-    reading the offsets on the host. Unaligned widths and other dtypes or devices: the loop."""
+    CUDA of any capability (faked here); on CUDA only bfloat16 on 9.x runs without reading the
+    offsets on the host (10.x's fast kernel is not trusted: the loop). Unaligned widths and other
+    dtypes or devices: the loop."""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert moe_kernels.runs_grouped_mm(torch.device(device), dtype, 64, 32) == grouped
     assert moe_kernels.grouped_mm_syncs(torch.device(device), dtype, 64, 32) == syncs
@@ -874,6 +875,22 @@ def test_moe_off_torchs_grouped_mm_stays_linear_in_memory(dtype, n_embd):
     assert moe_kernels.runs_grouped_mm(torch.device("cpu"), torch.float32, 64, 256)
     assert not moe_kernels.runs_grouped_mm(torch.device("cpu"), dtype, n_embd, 256)
     assert layer_bytes(dtype, n_embd) <= 1.1 * grouped * dtype.itemsize / 4 * n_embd / 64
+
+
+def test_a_moe_layer_calls_torchs_grouped_mm_6_times_per_micro_step(monkeypatch):
+    """Off torch's fast kernel every call of its grouped_mm reads the offsets on the host, one
+    wait for the GPU (moe_kernels.py): a MoE layer's forward and backward call it 6 times (its 2
+    products, then 2 for each one's gradients), top-1 or top-2, whatever the experts' loads."""
+    calls = []
+    torchs = moe_kernels.TORCH_GROUPED_MM
+    monkeypatch.setattr(moe_kernels, "TORCH_GROUPED_MM",
+                        lambda *args, **kwargs: calls.append(1) or torchs(*args, **kwargs))
+    for top_k in (1, 2):
+        torch.manual_seed(top_k)
+        layer = MixtureOfExperts(64, n_experts=4, top_k=top_k, expert_size=32)
+        calls.clear()
+        layer(torch.randn(4, 8, 64)).sum().backward()
+        assert len(calls) == 6, top_k
 
 
 def host_reads(monkeypatch) -> list:

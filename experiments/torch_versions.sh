@@ -3,7 +3,7 @@
 # repository (torch from the package registry, the default wheel, which runs on a CPU, and
 # requirements-dev.txt's other packages), then the README's test command with its python, then
 # the counts and the wall time. Not run by CI (CI keeps one torch). Each environment is about
-# 5 GB; the full tests take 5-15 minutes on 2 CPU cores.
+# 5 GB; the tests take about 8 minutes on 2 otherwise idle CPU cores (docs/gpus.md#which-torch).
 #
 #   bash experiments/torch_versions.sh 2.11.0 2.10.0          # venvs in ../venv-torch-VERSION
 #   PYTHON=python3.12 VENVS=/tmp KEEP=0 bash experiments/torch_versions.sh 2.11.0
@@ -39,11 +39,11 @@ for version in "${versions[@]}"; do
         status=1
         continue
     fi
-    # pip's notes on the package indexes it skips are noise here: only the rest goes to stderr
+    # pip's notes on configured package indexes it cannot read are noise: the rest goes to stderr
     "$venv/bin/python" -m pip install -q "torch==$version" "${deps[@]}" 2>&1 |
         grep -v "^WARNING: Location .* is ignored" >&2
     installed=$("$venv/bin/python" -c "import torch; print(torch.__version__)" 2>/dev/null)
-    if [[ $installed != "$version"* ]]; then
+    if [[ $installed != "$version" && $installed != "$version+"* ]]; then
         summary+=("torch $version: not installed (pip's messages above)")
         status=1
         continue
@@ -53,7 +53,8 @@ for version in "${versions[@]}"; do
     # sys.executable, so the environment need not be activated)
     (cd "$repo" && "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@") > "$log" 2>&1
     rc=$?
-    counts=$(grep -E "^(=+ )?[0-9]+ (passed|failed|error|skipped)|no tests ran" "$log" | tail -1)
+    counts=$(grep -E "^(=+ )?[0-9]+ (passed|failed|error|skipped)|no tests ran" "$log" | tail -1 |
+             sed "s/^=* *//; s/ *=*$//")
     summary+=("torch $installed: ${counts:-no counts} (exit $rc, $((SECONDS - start)) s; $log)")
     ((rc == 0)) || status=1
     [[ ${KEEP:-1} == 0 ]] && rm -rf "$venv"

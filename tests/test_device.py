@@ -91,14 +91,21 @@ def estimated_peak(argv: list, vocab_size: int, dtype: str) -> tuple:
     return config, batch_size, peak
 
 
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory the device has: the GPU's, or on a CPU the machine's."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def skip_unless_it_fits(name: str, peak: float, device: torch.device) -> None:
-    """docs/gpus.md's rule: a recipe fits when FRAGMENTATION x its peak + CONTEXT_GIB is at most
-    the GPU's memory. One that does not is skipped, never failed."""
-    memory = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" \
-        else None
-    if memory and bench.FRAGMENTATION * peak + bench.CONTEXT_GIB * GiB > memory:
+    """docs/gpus.md's rule: a recipe fits when FRAGMENTATION x its peak + CONTEXT_GIB (on a GPU)
+    is at most the device's memory. One that does not is skipped, never failed."""
+    memory, context = device_memory(device), bench.CONTEXT_GIB * GiB * (device.type == "cuda")
+    if bench.FRAGMENTATION * peak + context > memory:
         pytest.skip(f"{name}: its estimated peak of {peak / GiB:.1f} GiB (bench.py --memory) "
-                    f"with docs/gpus.md's headroom is over this GPU's {memory / GiB:.1f} GiB")
+                    f"with docs/gpus.md's headroom is over this {device.type} device's "
+                    f"{memory / GiB:.1f} GiB")
 
 
 # ----------------------------------------------------------------------------- the GPU itself
@@ -151,6 +158,34 @@ def test_grouped_mm_waits_for_the_gpu_exactly_where_moe_kernels_says(dtype, devi
     record_property("sync_at", site)
     record_property("predicted_sync", predicted)
     assert (site is not None) == predicted, site
+
+
+@gpu
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_torchs_grouped_mm_gives_empty_experts_the_right_gradients(dtype, device,
+                                                                  record_property):
+    """torch's grouped_mm itself (moe_kernels' custom op, called where moe_kernels would loop:
+    on 10.x, its fast kernel), experts 1 and 7 empty: its output and both gradients within the
+    dtype's tolerance of a float64 loop on the CPU, and an empty expert's gradient exactly 0. A
+    pass on compute capability 10.x is what moe_kernels.SYNC_FREE waits for."""
+    if not moe_kernels.runs_grouped_mm(torch.device("cpu"), DTYPES[dtype], 64, 128):
+        pytest.skip("this torch has no grouped_mm")
+    K, N, sizes = 64, 128, [96, 0, 32, 64, 16, 16, 32, 0]
+    torch.manual_seed(0)
+    offsets = torch.tensor(sizes).cumsum(0).to(device, torch.int32)
+    a = torch.randn(sum(sizes), K, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(len(sizes), K, N, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(sum(sizes), N, dtype=torch.float64)
+    moe_kernels.grouped_mm(a, b, offsets.cpu()).backward(grad)  # float64: the loop
+    got = [t.detach().to(device, DTYPES[dtype]).requires_grad_() for t in (a, b)]
+    out = moe_kernels._grouped_mm(*got, offsets)
+    out.backward(grad.to(device, DTYPES[dtype]))
+    record_property("capability", torch.cuda.get_device_capability(device))
+    record_property("fast_kernel", moe_kernels.fast_kernel(device, DTYPES[dtype]))
+    assert relative_error(out, moe_kernels.grouped_mm(a, b, offsets.cpu())) <= TOLERANCE[dtype]
+    assert relative_error(got[0].grad, a.grad) <= TOLERANCE[dtype]
+    assert relative_error(got[1].grad, b.grad) <= TOLERANCE[dtype]
+    assert not got[1].grad[[1, 7]].any()
 
 
 @gpu
@@ -310,10 +345,10 @@ def test_the_learners_path_trains_resumes_and_samples(device, data_root, tmp_pat
     cuda = device.type == "cuda"
     args = [*RECIPE_FILES, f"--device={device}", f"--data_root={data_root}",
             f"--out_dir={tmp_path / 'out'}", *SHORT]
+    recipe = [os.path.basename(f) for f in RECIPE_FILES] + ([] if cuda else TINY)
+    _, _, peak = estimated_peak(recipe, 65, devices.native_dtype(device))
+    skip_unless_it_fits(f"the shakespeare MoT recipe{'' if cuda else ', tiny'}", peak, device)
     if cuda:
-        _, _, peak = estimated_peak([os.path.basename(f) for f in RECIPE_FILES], 65,
-                                    devices.native_dtype(device))
-        skip_unless_it_fits("the shakespeare MoT recipe", peak, device)
         if (os.cpu_count() or 1) < COMPILE_MIN_CPUS:
             note = (f"compile skipped: {os.cpu_count()} CPUs, under the {COMPILE_MIN_CPUS} that "
                     f"compile the recipe within {RUN_LIMIT_S} s")

@@ -19,10 +19,11 @@ SLEEPS = "test_mot.py::test_eval_pads_a_partial_group_with_zero_rows[1]"
 HANGS = "test_mot.py::test_mot_matches_the_loop_reference"
 AFTER = "test_mot.py::test_mot_matches_the_loop_reference_at_fixed_temperatures[1.0]"  # HANGS+
 GPU_ONLY = "tests/test_device.py::test_the_native_dtype_is_one_the_gpu_computes_in"
+LEARNER = "tests/test_device.py::test_the_learners_path_trains_resumes_and_samples"
 
 # A plugin (pytest -p inject_faults) that makes the tests named in INJECT_FAULTS fail, sleep
-# past the time limit, or hang with SIGALRM blocked (as a test stuck in native code, which the
-# alarm cannot interrupt), as the JSON of {test id: fault} says.
+# past the time limit, hang with SIGALRM blocked (as a test stuck in native code, which the
+# alarm cannot interrupt), or see a device of 1 MiB, as the JSON of {test id: fault} says.
 PLUGIN = """
 import json, os, signal, time
 import pytest
@@ -39,6 +40,8 @@ def pytest_runtest_call(item):
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
     if fault in ("sleep", "hang"):
         time.sleep(600)
+    if fault == "1 MiB":  # for the rest of this pytest process
+        item.module.device_memory = lambda device: 2 ** 20
 """
 
 
@@ -79,6 +82,17 @@ def test_the_check_exits_0_when_every_test_passes_or_skips(tmp_path):
     result, lines = run_check(tmp_path, [PASSES, GPU_ONLY], {})
     assert [(line["test"], line["outcome"]) for line in lines] == [
         (PASSES, "passed"), (GPU_ONLY, "skipped")], result.stdout[-3000:]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_a_recipe_too_large_for_the_device_is_reported_skipped(tmp_path):
+    """The learner's path on a device of 1 MiB: skipped, never failed, with a line naming the
+    recipe and the device's memory; the check exits 0."""
+    result, lines = run_check(tmp_path, [LEARNER], {LEARNER: "1 MiB"})
+    assert [(line["test"], line["outcome"]) for line in lines] == [(LEARNER, "skipped")], \
+        result.stdout[-3000:]
+    assert "shakespeare MoT recipe" in lines[0]["message"], lines[0]
+    assert "0.0 GiB" in lines[0]["message"], lines[0]  # the device's 1 MiB
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 

@@ -465,18 +465,40 @@ def test_wandb_missing_is_one_line_before_anything_is_written(tmp_path, run_trai
     assert not os.path.exists(tmp_path / "out")
 
 
-def readme_ffn() -> tuple:
-    """README.md's "Add your own FFN" example: its FFNS key and its class, its code run as a
-    reader pastes it, up to its FFNS line (the registration is the test's, undone after it)."""
+def readme_ffn_code() -> tuple:
+    """README.md's "Add your own FFN" example: its FFNS key, its class's name, and its code up to
+    its FFNS line (the registration is the test's)."""
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         text = f.read()
     section = re.search(r"^### Add your own FFN\n(.*?)(?=^##)", text, re.DOTALL | re.MULTILINE)
     code = re.search(r"^```python\n(.*?)^```", section.group(1), re.DOTALL | re.MULTILINE)[1]
     registration = re.search(r'^FFNS\["(\w+)"\] = (\w+)', code, re.MULTILINE)
+    return registration[1], registration[2], code[:registration.start()]
+
+
+def readme_ffn() -> tuple:
+    """README.md's example FFN: its FFNS key and its class, its code run as a reader pastes it
+    (the registration is the test's, undone after it)."""
+    kind, name, code = readme_ffn_code()
     namespace = {"__name__": "readme_ffn"}
-    exec(compile(code[:registration.start()], "README.md, Add your own FFN", "exec"),  # noqa: S102
-         namespace)
-    return registration[1], namespace[registration[2]]
+    exec(compile(code, "README.md, Add your own FFN", "exec"), namespace)  # noqa: S102
+    return kind, namespace[name]
+
+
+def test_the_whole_of_test_mot_passes_with_the_readme_ffn_registered(tmp_path):
+    """Every test of test_mot.py, in a pytest whose plugin registers README.md's example FFN (a
+    grouped FFN that is not MoT) in FFNS before collection: the tests over every kind take it
+    (parametrized ones too), the MoT-only ones leave it out, and all pass."""
+    kind, name, code = readme_ffn_code()
+    (tmp_path / "register_readme_ffn.py").write_text(
+        f"{code}\n\ndef pytest_configure(config):\n    FFNS[{kind!r}] = {name}\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider",
+                             "-p", "register_readme_ffn", "test_mot.py"], cwd=ROOT, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
+    assert f"[{kind}] PASSED" in result.stdout, result.stdout[-5000:]
 
 
 def test_a_new_ffn_is_one_class_and_one_line_in_ffns(tmp_path, run_train, monkeypatch):
