@@ -77,8 +77,9 @@ def read(path: str) -> list:
 
 
 def summary(lines: list, device: str) -> str:
-    """A table per test file (outcomes and seconds), then each test that did not pass, then the
-    figures the tests recorded."""
+    """A table per test file (outcomes and seconds), then each test that did not pass, each
+    reason a test was skipped for (with the test, or how many), then the figures the tests
+    recorded."""
     files = {}
     for line in lines:
         files.setdefault(line["test"].split("::")[0], []).append(line)
@@ -91,6 +92,12 @@ def summary(lines: list, device: str) -> str:
                                                  + PROBLEMS) + f" | {seconds:.1f} |")
     notes = [f"{line['outcome']}: {line['test']}: {line['message']}" for line in lines
              if line["outcome"] in PROBLEMS]
+    skipped = {}
+    for line in lines:
+        if line["outcome"] == "skipped":
+            skipped.setdefault(line["message"], []).append(line["test"])
+    notes += [f"skipped: {tests[0]}: {reason}" if len(tests) == 1 else
+              f"skipped: {len(tests)} tests: {reason}" for reason, tests in skipped.items()]
     figures = [f"{line['test']}: {json.dumps(line['figures'])}" for line in lines
                if line["figures"]]
     counts = Counter(line["outcome"] for line in lines)

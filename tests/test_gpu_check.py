@@ -93,6 +93,7 @@ def test_a_recipe_too_large_for_the_device_is_reported_skipped(tmp_path):
         result.stdout[-3000:]
     assert "shakespeare MoT recipe" in lines[0]["message"], lines[0]
     assert "0.0 GiB" in lines[0]["message"], lines[0]  # the device's 1 MiB
+    assert f"skipped: {LEARNER}: {lines[0]['message']}" in result.stdout, result.stdout[-3000:]
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
