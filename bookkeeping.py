@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 import convert
-from configurator import fail, make
+from configurator import fail, interrupts_in_one_line, make
 from checkpoints import rng_state, set_rng_state
 from devices import bf16_is_native, peak_flops
 from mot import GPT, MixtureOfTokens
@@ -105,22 +105,28 @@ class OutDir:
                      f"--out_dir")
             OutDir.held.append(self)
 
+    def holds(self) -> bool:
+        """Whether the folder at out_dir is still the one held (not removed, or replaced)."""
+        try:
+            here, held = os.stat(self.path), os.fstat(self.fd)
+        except OSError:
+            return False
+        return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
+
     def release(self) -> None:
-        """The lock released; the folders this run made removed, if it wrote nothing."""
+        """The lock released; the folders this run made removed, if it wrote nothing (and
+        out_dir is still its own: never another run's folder put at its path)."""
+        created = self.created if self.holds() else None
         os.close(self.fd)
         folder = os.path.abspath(self.path)
-        while self.created and os.path.isdir(folder) and not os.listdir(folder):
+        while created and os.path.isdir(folder) and not os.listdir(folder):
             os.rmdir(folder)
-            folder = os.path.dirname(folder) if folder != self.created else ""
+            folder = os.path.dirname(folder) if folder != created else ""
 
     def open(self, name: str, flags: int):
         """A file object on out_dir/name, opened through the held folder, never through a
         symlink; one line if the folder at out_dir is no longer the one held."""
-        try:
-            same = os.stat(self.path).st_ino == os.fstat(self.fd).st_ino
-        except OSError:
-            same = False
-        if not same:
+        if not self.holds():
             fail(f"out_dir={self.path!r} was removed or replaced while this run wrote to it: it "
                  f"stopped writing there (its last checkpoint is wherever that folder went)")
         try:
@@ -172,6 +178,9 @@ class OutDir:
                 if iter_num <= resumed_iter:
                     kept.append(line)
         try:
+            for name in ("log.jsonl.tmp", "ckpt.pt.tmp"):  # refused now, not at the first save
+                if os.path.islink(os.path.join(self.path, name)):
+                    self.open(name, 0)  # open's one line
             if resumed_iter is None and os.path.lexists(self.ckpt_path):  # --overwrite=True
                 os.remove("ckpt.pt", dir_fd=self.fd)
             self.replace("log.jsonl", lambda f: f.write("".join(kept).encode()))
@@ -185,21 +194,24 @@ class OutDir:
             with self.open("log.jsonl", os.O_APPEND) as f:
                 f.write(line.encode())
         except OSError as e:
-            fail(f"cannot write {self.log_path} ({e.strerror}): free some space and continue "
-                 f"with --init_from=resume")
+            self.full_disk(f"write {self.log_path}", e)
+
+    def full_disk(self, what: str, e: OSError) -> None:
+        """A write that failed (a full disk) as one line: the space free, and the way on."""
+        free = shutil.disk_usage(os.path.abspath(self.path)).free
+        way_on = ("the previous checkpoint is intact: free some space and continue with "
+                  "--init_from=resume" if os.path.exists(self.ckpt_path)
+                  else "free some space and start again with --overwrite=True")
+        fail(f"cannot {what} ({e.strerror}): {free:,} bytes are free there; {way_on}")
 
 
 def guard(function):
-    """function (train.main), Ctrl-C and SIGTERM one line until the run's first write; then,
-    however it ends, the out_dir it held released (and the folders it made, if empty) and the
-    handlers of SIGINT and SIGTERM as they were."""
-    def starting(signum, frame):
-        fail("interrupted while starting: nothing was written")
-
+    """function (train.main), Ctrl-C and SIGTERM one line until the run's first write (Run
+    takes them over there); then, however it ends, the out_dir it held released (and the folders
+    it made, if empty) and the handlers of SIGINT and SIGTERM as they were."""
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
-        handlers = {signum: signal.signal(signum, starting)
-                    for signum in (signal.SIGINT, signal.SIGTERM)}
+        handlers = interrupts_in_one_line()
         held = len(OutDir.held)
         try:
             return function(*args, **kwargs)
@@ -220,11 +232,7 @@ def save_checkpoint(checkpoint: dict, out: OutDir) -> None:
     try:  # into a Python file: a full disk is then an OSError (ENOSPC), not a C++ RuntimeError
         out.replace("ckpt.pt", lambda f: torch.save(checkpoint, f))
     except OSError as e:
-        free = shutil.disk_usage(os.path.abspath(out.path)).free
-        kept = ("the previous checkpoint is intact: free some space and continue with "
-                "--init_from=resume" if os.path.exists(out.ckpt_path)
-                else "free some space and start again")
-        fail(f"cannot save {out.ckpt_path} ({e.strerror}): {free:,} bytes are free there; {kept}")
+        out.full_disk(f"save {out.ckpt_path}", e)
 
 
 def strict_json(value):
@@ -276,12 +284,13 @@ class Run:
         self.peak_flops = peak_flops(device, config.native_dtype())  # None: no MFU printed
         # since the last log line: tokens, seconds, the warm-up's; the last steps' seconds each
         self.tokens, self.seconds, self.warmup_s, self.step_seconds = 0, 0.0, None, None
-        if not config.eval_only and self.master:
-            self.wandb_run = start_wandb(config) if config.wandb_log else None
-            out.prepare(self.resumed_at)
-        if not config.eval_only:  # signals are read after each step
+        if not config.eval_only and self.master and config.wandb_log:
+            self.wandb_run = start_wandb(config)
+        if not config.eval_only:  # from the first write on, signals are read after each step
             for signum in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, lambda signum, frame: self.received.append(signum))
+        if not config.eval_only and self.master:
+            out.prepare(self.resumed_at)
         if self.master:
             print_summary(model, changes, self.iter_num)
         self.clock_start, self.clock_steps = time.perf_counter(), 0

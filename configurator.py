@@ -2,7 +2,8 @@
 Settings the nanoGPT way, for train.py, sample.py, bench.py and the experiments: a dataclass's
 defaults, then config files of Python assignments, then --key=value, in the order given, each
 value converted by the field's annotation; the dataclass's __post_init__ checks them. Every
-mistake a user can make is one line, "error: ...", naming the fix (fail).
+mistake a user can make is one line, "error: ...", naming the fix (fail), and so is Ctrl-C
+where nothing was written (interrupts_in_one_line).
 """
 
 import ast
@@ -10,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import traceback
 import types
 import typing
@@ -21,6 +23,17 @@ def fail(message: str):
     """The one line of a mistake a user made; under torchrun, printed by rank 0 alone (each
     process finds the same mistake)."""
     raise SystemExit(f"error: {message}" if os.environ.get("RANK", "0") == "0" else 1)
+
+
+def interrupts_in_one_line() -> dict:
+    """SIGINT (Ctrl-C) and SIGTERM end the process with fail's one line from now on, not with a
+    KeyboardInterrupt's traceback (or silently), where nothing was written yet: a script's start
+    (train.py and sample.py call it before they import torch, which takes seconds), sample.py's
+    generation. The handlers it replaced, {signum: handler}. This module imports no torch."""
+    def interrupted(signum, frame):
+        fail(f"interrupted by {signal.Signals(signum).name}: nothing was written")
+    return {signum: signal.signal(signum, interrupted)
+            for signum in (signal.SIGINT, signal.SIGTERM)}
 
 
 def parse_value(text: str):

@@ -15,6 +15,11 @@ token by token and not printed, so that every group is like a training batch. Wi
 (or with --no-companions) the group is filled with zero rows, a group unlike any in training.
 """
 
+import configurator  # imports no torch: Ctrl-C is one line from here on, generating included
+
+if __name__ == "__main__":  # imported (tests, visualize.py), the importer's handlers stay
+    configurator.interrupts_in_one_line()
+
 import argparse
 import os
 from typing import Callable, Optional, Tuple
@@ -125,7 +130,8 @@ def main(argv: Optional[list] = None) -> None:
     rules = [("num_samples", args.num_samples >= 1, "must be >= 1"),
              ("max_new_tokens", args.max_new_tokens >= 0, "must be >= 0"),
              ("temperature", args.temperature >= 0, "use 0 for greedy decoding or > 0"),
-             ("top_k", args.top_k >= 1, "keep at least 1 token")]
+             ("top_k", args.top_k >= 1, "keep at least 1 token"),
+             ("seed", 0 <= args.seed < 2 ** 63, "must be in [0, 2**63), as train.py's")]
     for name, holds, rule in rules:
         if not holds:
             fail(f"--{name}={getattr(args, name)}: {rule}")

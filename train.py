@@ -13,6 +13,11 @@ the training loop. Every eval appends a line to out_dir/log.jsonl and saves out_
 exact resume, the log, Ctrl-C and SIGTERM, divergence, timing) is in bookkeeping.py.
 """
 
+import configurator  # imports no torch: Ctrl-C is one line from here on, the imports included
+
+if __name__ == "__main__":  # imported (tests, the study), the importer's handlers stay
+    configurator.interrupts_in_one_line()
+
 import importlib.util
 import math
 import os
@@ -26,7 +31,6 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import bookkeeping
 import checkpoints
-import configurator
 import convert
 import dataset
 from configurator import fail

@@ -23,6 +23,7 @@ import importlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -190,6 +191,28 @@ def log_lines(run: str, *lines):
     return setup
 
 
+def symlink(path: str):
+    """setup: path a symlink to `precious`, a file of the user's, its folder made if needed."""
+    def setup(monkeypatch):
+        write("precious", "a file of the user's\n")(monkeypatch)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.symlink(os.path.abspath("precious"), path)
+    return setup
+
+
+def model_alone(path: str):
+    """setup: the checkpoint at path holding only the four entries convert.from_checkpoint
+    requires (the model, its settings, its iteration, the dataset's meta.json)."""
+    def setup(monkeypatch):
+        checkpoint = torch.load(path, weights_only=True)
+        torch.save({key: checkpoint[key] for key in ("model", "model_args", "iter_num", "meta")},
+                   path)
+    return setup
+
+
+WIDE = "".join(map(chr, range(0x10000, 0x10000 + 70000)))  # 70,000 distinct characters
+
+
 def openwebtext(monkeypatch):
     """setup: the openwebtext script imported afresh with a small GPT-2 BPE (it encodes at import;
     tiktoken would download GPT-2's), and no `datasets` package."""
@@ -345,10 +368,38 @@ CASES = [
     case("train.py", TRAIN + ["--out_dir=out", "--init_from=resume", "--max_iters=4"],
          ["out/log.jsonl"], log_lines("out", '{"iter": "0"}'),
          id="train.py resume with an iter that is not a number"),
+    case("train.py", TRAIN + ["--out_dir=out", "--init_from=resume", "--max_iters=1"],
+         ["max_iters", "out/ckpt.pt"], id="train.py resume with max_iters below its checkpoint's"),
+    case("train.py", OVER + ["--learning_rate=1e-3", "--min_lr=1e-2"], ["min_lr", "learning_rate"]),
+    case("train.py", TRAIN + ["--out_dir=a/b/c", "--dataset=nope"], ["data/nope/train.bin"],
+         id="train.py a new run into a/b/c that fails late: no folder of it left"),
+    case("train.py", ["c.py"] + TRAIN, ["c.py"], write("c.py", "n_layer = 2\nquit()\n"),
+         id="train.py config that calls quit()"),
+    case("train.py", OVER + ["c.py"], ["c.py"], write("c.py", "import sys\nsys.exit(0)\n"),
+         id="train.py --overwrite=True config that calls sys.exit(0)"),
+    # train.py: no write through a symlink put in out_dir (the file it links to keeps its bytes)
+    case("train.py", OVER, ["out/ckpt.pt.tmp"], symlink("out/ckpt.pt.tmp"),
+         id="train.py --overwrite=True with a symlink at ckpt.pt.tmp"),
+    case("train.py", OVER, ["out/log.jsonl.tmp"], symlink("out/log.jsonl.tmp"),
+         id="train.py --overwrite=True with a symlink at log.jsonl.tmp"),
+    case("train.py", TRAIN + ["--out_dir=linked"], ["linked/ckpt.pt"], symlink("linked/ckpt.pt"),
+         id="train.py into an out_dir whose ckpt.pt is a symlink"),
+    case("train.py", TRAIN + ["--out_dir=linked"], ["linked/log.jsonl"],
+         symlink("linked/log.jsonl"), id="train.py into an out_dir whose log.jsonl is a symlink"),
+    # a checkpoint of the model alone: the four entries convert.from_checkpoint requires
+    case("train.py", TRAIN + ["--out_dir=out", "--init_from=resume", "--max_iters=4"],
+         ["out/ckpt.pt", "config"], model_alone("out/ckpt.pt"),
+         id="train.py resume a checkpoint of the model alone"),
+    case("train.py", TRAIN + ["--init_from=out"], ["out/ckpt.pt", "config"],
+         model_alone("out/ckpt.pt"), id="train.py finetune a checkpoint of the model alone"),
+    case("sample.py", MOT, ["mot/ckpt.pt", "config", "--no-companions"],
+         model_alone("mot/ckpt.pt"), id="sample MoT companions, a checkpoint of the model alone"),
+    case("experiments/evaluate.py", ["out"], ["out/ckpt.pt", "config"], model_alone("out/ckpt.pt"),
+         id="evaluate a checkpoint of the model alone"),
     # sample.py
     *[case("sample.py", SAMPLE + [flag], [name]) for flag, name in [
         ("--temperature=-1", "--temperature"), ("--top_k=0", "--top_k"),
-        ("--num_samples=0", "--num_samples")]],
+        ("--num_samples=0", "--num_samples"), ("--seed=18446744073709551616", "--seed")]],
     case("sample.py", SAMPLE + ["--start=FILE:missing.txt"], ["--start", "missing.txt"]),
     case("sample.py", SAMPLE + ["--start=FILE:latin1.txt"], ["--start", "latin1.txt"],
          write("latin1.txt", "caf\xe9".encode("latin-1"))),
@@ -461,6 +512,10 @@ CASES = [
          folder(META), id="prepare char meta.json is a folder: all files or none"),
     case("data/shakespeare_char/prepare.py", ["fresh"], ["fresh/input.txt"],
          write("fresh/input.txt", ""), id="prepare char of an empty input.txt"),
+    case("data/shakespeare_char/prepare.py", [CHAR], ["train.bin"],
+         write(f"{CHAR}/input.txt", "a"), id="prepare char of a 1-character input.txt"),
+    case("data/shakespeare_char/prepare.py", [CHAR], ["val.bin"],
+         write(f"{CHAR}/input.txt", WIDE), id="prepare char of 70,000 distinct characters"),
     case("data/shakespeare/prepare.py", [CHAR], [f"{CHAR}/input.txt"],
          write(f"{CHAR}/input.txt", b"\x80abc"), id="prepare shakespeare not UTF-8"),
     case("data/python_stdlib/prepare.py", [CHAR, "lib"], ["lib"],
@@ -494,11 +549,21 @@ def unprivileged():
         ctypes.CDLL(None).prctl(24, 1, 0, 0, 0)  # PR_CAPBSET_DROP, CAP_DAC_OVERRIDE
 
 
+def prepare_here(text=None):
+    """setup: the char prepare script beside the world's dataset (it prepares its own folder),
+    and `text` its input.txt if given."""
+    def setup(monkeypatch):
+        for script in ("prepare_common.py", "shakespeare_char/prepare.py"):
+            shutil.copy(os.path.join(ROOT, "data", script), os.path.join("data", script))
+        shutil.copy(os.path.join(ROOT, "configurator.py"), "configurator.py")  # prepare's fail
+        if text is not None:
+            write(f"{CHAR}/input.txt", text)(monkeypatch)
+    return setup
+
+
 def read_only_dataset(monkeypatch):
     """setup: the char prepare script beside the world's dataset, whose folder is read-only."""
-    for script in ("prepare_common.py", "shakespeare_char/prepare.py"):
-        shutil.copy(os.path.join(ROOT, "data", script), os.path.join("data", script))
-    shutil.copy(os.path.join(ROOT, "configurator.py"), "configurator.py")  # prepare's fail
+    prepare_here()(monkeypatch)
     os.chmod(CHAR, 0o555)
 
 
@@ -527,6 +592,10 @@ CLI_CASES = [  # (command, setup, names): the scripts as a user runs them, in th
                  ["--batch_size", "--G"], id="bench.py --batch_size=3 --G 2"),
     pytest.param(["data/shakespeare_char/prepare.py"], read_only_dataset, [CHAR],
                  id="prepare char in a read-only folder"),
+    pytest.param(["data/shakespeare_char/prepare.py", "--out_dir=x"], prepare_here(),
+                 ["--out_dir=x"], id="prepare char with an argument"),
+    pytest.param(["-O", "data/shakespeare_char/prepare.py"], prepare_here(WIDE), ["val.bin"],
+                 id="python -O prepare char of 70,000 distinct characters"),
 ]
 
 
@@ -548,6 +617,102 @@ def test_a_careless_command_line(here, monkeypatch, command, setup, names):
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert all(name in lines[0] for name in names), lines[0]
+    assert snapshot(here) == before
+
+
+# `python script args` (train.py or sample.py) as a user runs it, paused first where the test
+# says: at the import of a module ("import torch.nn", halfway through torch's own import) or at
+# the call of a method of mot.GPT ("GPT.__init__": the model's build); there it prints `paused`
+# and waits for a line on stdin, and a signal sent then lands at that moment, however loaded the
+# machine is.
+INTERRUPTIBLE = """
+import importlib.abc, runpy, sys
+root, where, script = sys.argv[1:4]
+sys.argv, sys.path[0] = [script, *sys.argv[4:]], root
+def pause():
+    print("paused", flush=True)
+    sys.stdin.readline()
+class PauseAtImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if where == "import " + name:
+            pause()
+if where.startswith("import "):
+    sys.meta_path.insert(0, PauseAtImport())
+else:
+    import mot
+    name = where.split(".")[1]
+    method = getattr(mot.GPT, name)
+    def paused(self, *args, **kwargs):
+        pause()
+        return method(self, *args, **kwargs)
+    setattr(mot.GPT, name, paused)
+runpy.run_path(script, run_name="__main__")
+"""
+NEW_RUN = [*TINY, "--data_root=data", "--out_dir=new/run", "--max_iters=4"]
+OVER_RUN = [*TINY, "--data_root=data", "--out_dir=out", "--max_iters=4", "--overwrite=True"]
+
+
+@pytest.mark.parametrize("command, where, signum", [
+    (["train.py", *NEW_RUN], "import torch.nn", signal.SIGINT),
+    (["train.py", *NEW_RUN], "import torch.nn", signal.SIGTERM),
+    (["train.py", *OVER_RUN], "GPT.__init__", signal.SIGINT),  # the model's build
+    (["train.py", *NEW_RUN], "GPT.configure_optimizers", signal.SIGTERM),
+    (["sample.py", "--out_dir=out", "--device=cpu"], "import torch.nn", signal.SIGINT),
+    (["sample.py", "--out_dir=out", "--device=cpu", "--max_new_tokens=100000"], "GPT.forward",
+     signal.SIGINT),  # generating
+], ids=["train.py importing torch, SIGINT", "train.py importing torch, SIGTERM",
+        "train.py --overwrite=True building the model, SIGINT",
+        "train.py into new/run making its optimizer, SIGTERM", "sample.py importing torch, SIGINT",
+        "sample.py generating, SIGINT"])
+def test_ctrl_c_or_sigterm_at_any_moment_is_one_line(here, command, where, signum):
+    """Ctrl-C or SIGTERM while train.py or sample.py imports torch (seconds), builds the model or
+    the optimizer, or generates: exit status 1, one line on stderr naming the signal, no
+    traceback, and no file changed, made or removed: the run that --overwrite=True would have
+    replaced keeps its checkpoint, the folders new/run made are gone."""
+    before = snapshot(here)
+    process = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTIBLE, ROOT, where, os.path.join(ROOT, command[0]),
+         *command[1:]], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1"))
+    try:
+        assert process.stdout.readline() == "paused\n", process.communicate()[1]
+        process.send_signal(signum)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert (process.returncode, stdout) == (1, ""), stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert signum.name in lines[0], lines[0]
+    assert snapshot(here) == before
+
+
+def test_a_settings_error_under_torchrun_is_one_line_and_leaves_nothing(here):
+    """A mistake every process finds (here a dataset that is not there, found after rank 0 took
+    its new out_dir) under torchrun with 2 processes: the line once, not once per process, and
+    no folder of the run left behind."""
+    before = snapshot(here)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         os.path.join(ROOT, "train.py"), *NEW_RUN, "--gradient_accumulation_steps=2",
+         "--dataset=nope"], capture_output=True,
+        text=True, timeout=300, env=dict(os.environ, CUDA_VISIBLE_DEVICES="",
+                                         PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1"))
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "data/nope/train.bin" in errors[0], result.stderr
+    assert snapshot(here) == before
+
+
+def test_prepare_help_prints_and_writes_nothing(here, monkeypatch):
+    """python data/shakespeare_char/prepare.py --help: what the script does, exit 0, the dataset
+    beside it as it was."""
+    prepare_here()(monkeypatch)
+    before = snapshot(here)
+    result = subprocess.run([sys.executable, "data/shakespeare_char/prepare.py", "--help"],
+                            capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+    assert result.returncode == 0 and result.stdout.startswith("usage:"), result.stderr
     assert snapshot(here) == before
 
 
@@ -608,6 +773,49 @@ def test_a_second_run_into_a_running_runs_out_dir_is_refused_and_takes_nothing(
     assert sorted(os.listdir("busy")) == ["ckpt.pt", "log.jsonl"]
 
 
+def test_a_run_whose_out_dir_is_replaced_stops_and_writes_nothing_into_the_new_one(
+        here, paused_train):
+    """A running run's out_dir moved away (as rm -rf would take it, but kept to look at) and a new
+    run started at its path, which trains to its end: the first run, at its next write, stops in
+    one line naming out_dir; the new run's log and checkpoint are those it would have alone,
+    every line once; the moved folder keeps the first run's files, iter 2's checkpoint, as they
+    were when it moved."""
+    args = TINY + ["--data_root=data", "--max_iters=100"]
+    train.main(args + ["--out_dir=alone", "--max_iters=4"])
+    first = paused_train(args + ["--out_dir=busy"], cwd=here)
+    first.until("before step", n=4)  # iters 0 and 2 logged, iter 2 saved
+    os.rename("busy", "moved")
+    moved = snapshot("moved")
+    train.main(args + ["--out_dir=busy", "--max_iters=4"])
+    returncode, stderr = first.finish()
+    assert returncode == 1 and len(stderr.splitlines()) == 1, stderr
+    assert stderr.startswith("error: ") and "out_dir='busy'" in stderr, stderr
+    assert log_of("busy") == log_of("alone")
+    assert all(torch.equal(v, weights("alone")[k]) for k, v in weights("busy").items())
+    assert snapshot("moved") == moved
+    assert torch.load("moved/ckpt.pt", weights_only=True)["iter_num"] == 2
+
+
+def test_a_run_that_fails_to_start_removes_no_folder_but_its_own(here, monkeypatch):
+    """A new run into a/b makes both folders; when it fails (a dataset not there), it removes
+    them. If a/b was replaced while it started (another run started there), it removes nothing:
+    never another run's folder."""
+    args = TINY + ["--data_root=data", "--out_dir=a/b", "--dataset=nope"]
+    with pytest.raises(SystemExit):
+        train.main(args)
+    assert not os.path.exists("a")
+    load = train.dataset.load
+
+    def load_after_a_replacement(*load_args):
+        os.rmdir("a/b")
+        os.mkdir("a/b")
+        return load(*load_args)
+    monkeypatch.setattr(train.dataset, "load", load_after_a_replacement)
+    with pytest.raises(SystemExit):
+        train.main(args)
+    assert os.path.isdir("a/b")
+
+
 def test_the_lock_of_a_killed_run_is_no_lock(here, paused_train):
     """kill -9 (here before its 4th step, after the checkpoint of iter 2): the kernel released
     its lock, which was on the folder itself (no lock file to look stale): the run resumes."""
@@ -622,9 +830,13 @@ def test_the_lock_of_a_killed_run_is_no_lock(here, paused_train):
     assert sorted(os.listdir("killed")) == ["ckpt.pt", "log.jsonl"]
 
 
-def test_what_looks_careless_but_is_fine(here, capsys):
+def test_what_looks_careless_but_is_fine(here, capsys, monkeypatch):
     """A config file that imports a module or keeps private helpers (they are not settings),
-    blank lines in a resumed log, and --help (the settings and their defaults, exit 0)."""
+    blank lines in a resumed log, --help (the settings and their defaults, exit 0), --max_iters=0
+    (it evaluates and saves: a run to resume), --out_dir=~/x (in the home folder, no folder
+    named ~), a relative --data_root (saved absolute: resumed from another directory, the run
+    finds its data), and --overwrite=True into an out_dir whose ckpt.pt and log.jsonl are
+    symlinks (replaced by the run's own files: the file they link to keeps its bytes)."""
     with open("c.py", "w") as f:
         f.write("import math\n_width = 32\nn_embd = _width\nlearning_rate = math.sqrt(1e-6)\n")
     tiny = [a for a in TINY if not a.startswith("--n_embd=")]
@@ -639,6 +851,24 @@ def test_what_looks_careless_but_is_fine(here, capsys):
     train.main(TINY + ["--data_root=data", "--out_dir=out", "--init_from=resume",
                        "--max_iters=4"])
     assert [r["iter"] for r in log_of("out")] == [0, 2, 4]
+    monkeypatch.setenv("HOME", os.path.join(here, "home"))
+    train.main(TINY + ["--data_root=data", "--out_dir=~/zero", "--max_iters=0"])
+    assert not os.path.exists("~") and [r["iter"] for r in log_of("home/zero")] == [0]
+    monkeypatch.chdir("home")
+    train.main(["--out_dir=zero", "--init_from=resume", "--max_iters=2"])
+    assert [r["iter"] for r in log_of("zero")] == [0, 2]
+    monkeypatch.chdir(here)
+    with open("precious", "w") as f:
+        f.write("a file of the user's\n")
+    for name in ("ckpt.pt", "log.jsonl"):
+        os.remove(f"c/{name}")
+        os.symlink(os.path.abspath("precious"), f"c/{name}")
+    train.main(["c.py"] + tiny + ["--data_root=data", "--out_dir=c", "--max_iters=2",
+                                  "--overwrite=True"])
+    with open("precious") as f:
+        assert f.read() == "a file of the user's\n"
+    assert not any(os.path.islink(f"c/{name}") for name in ("ckpt.pt", "log.jsonl"))
+    assert [r["iter"] for r in log_of("c")] == [0, 2]
     capsys.readouterr()
     for flag in ("--help", "-h"):
         with pytest.raises(SystemExit) as e:

@@ -16,6 +16,7 @@ import time
 import pytest
 import torch
 
+import bookkeeping
 from conftest import ROOT, TINY, error_line, read_log
 from convert import from_checkpoint, nonfinite
 from mot import GPT
@@ -129,6 +130,54 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, run
     assert "the previous checkpoint is intact" in str(e.value)
     assert (out / "ckpt.pt").read_bytes() == before
     assert sorted(os.listdir(out)) == ["ckpt.pt", "log.jsonl"]
+
+
+class FullFile:
+    """log.jsonl opened for a line on a disk that fills up: half the line lands, then ENOSPC."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, data: bytes):
+        self.f.write(data[:len(data) // 2])
+        self.f.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_at_a_log_line_is_one_line_naming_the_way_on(tmp_path, run_train,
+                                                                 monkeypatch):
+    """The disk fills up as a log line is appended, half of it written: one line naming
+    log.jsonl and the way on. At the run's first line (no checkpoint
+    yet) that is to start again with --overwrite=True; done, the disk fills at its 3rd line
+    (iter 4; iter 2 saved): now it is to resume, and ckpt.pt keeps iter 2. Resumed, the run ends
+    as an uninterrupted one, every evaluation once."""
+    reference = run_train(tmp_path / "reference", "--max_iters=6")
+    out = tmp_path / "out"
+    for n, given, way_on in [(1, [], "--overwrite=True"),
+                             (3, ["--overwrite=True"], "--init_from=resume")]:
+        opened, open_log = [], bookkeeping.OutDir.open
+
+        def full_at_line_n(self, name, flags):
+            f = open_log(self, name, flags)
+            opened.append(name)
+            return FullFile(f) if opened.count("log.jsonl") == n else f
+        with monkeypatch.context() as patch:
+            patch.setattr(bookkeeping.OutDir, "open", full_at_line_n)
+            with pytest.raises(SystemExit) as e:
+                run_train(out, "--max_iters=6", *given)
+        line = error_line(e)
+        assert line.startswith(f"error: cannot write {out / 'log.jsonl'} (No space left on "
+                               f"device): "), line
+        assert way_on in line, line
+    assert torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] == 2
+    run_train(out, "--init_from=resume")
+    assert losses(read_log(out)) == losses(reference)
 
 
 def test_interrupted_at_random_moments_the_run_saves_there_and_resumes_exactly(
