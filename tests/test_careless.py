@@ -146,6 +146,15 @@ def truncate(path: str, size: int = 1000):
     return setup
 
 
+def last_token(path: str, token: int):
+    """setup: the last token of a token file (uint16) made `token`."""
+    def setup(monkeypatch):
+        with open(path, "r+b") as f:
+            f.seek(-2, os.SEEK_END)
+            f.write(token.to_bytes(2, "little"))
+    return setup
+
+
 def meta_in_checkpoint(change):
     """setup: out/ckpt.pt holding change(its meta) as the dataset's meta.json."""
     def setup(monkeypatch):
@@ -343,6 +352,8 @@ CASES = [
     case("train.py", OVER, [f"{CHAR}/train.bin", "vocab_size"],
          meta_json(lambda m: dict(m, vocab_size=5, chars=m["chars"][:5])),
          id="train.py train.bin with token ids beyond meta.json's vocab_size"),
+    case("train.py", OVER, [f"{CHAR}/train.bin", "vocab_size"],
+         last_token(f"{CHAR}/train.bin", 60000), id="train.py train.bin's last token foreign"),
     case("train.py", OVER + ["--init_from=resume"], [META, "data_root"],
          meta_json(lambda m: dict(m, chars=m["chars"][::-1])),
          id="train.py resume with another meta.json of the same vocab_size"),
@@ -836,7 +847,8 @@ def test_what_looks_careless_but_is_fine(here, capsys, monkeypatch):
     (it evaluates and saves: a run to resume), --out_dir=~/x (in the home folder, no folder
     named ~), a relative --data_root (saved absolute: resumed from another directory, the run
     finds its data), and --overwrite=True into an out_dir whose ckpt.pt and log.jsonl are
-    symlinks (replaced by the run's own files: the file they link to keeps its bytes)."""
+    symlinks (replaced by the run's own files: the file they link to keeps its bytes), as is a
+    symlink named run.lock (left alone)."""
     with open("c.py", "w") as f:
         f.write("import math\n_width = 32\nn_embd = _width\nlearning_rate = math.sqrt(1e-6)\n")
     tiny = [a for a in TINY if not a.startswith("--n_embd=")]
@@ -860,8 +872,9 @@ def test_what_looks_careless_but_is_fine(here, capsys, monkeypatch):
     monkeypatch.chdir(here)
     with open("precious", "w") as f:
         f.write("a file of the user's\n")
-    for name in ("ckpt.pt", "log.jsonl"):
-        os.remove(f"c/{name}")
+    for name in ("ckpt.pt", "log.jsonl", "run.lock"):  # no run.lock is made, or written
+        if os.path.exists(f"c/{name}"):
+            os.remove(f"c/{name}")
         os.symlink(os.path.abspath("precious"), f"c/{name}")
     train.main(["c.py"] + tiny + ["--data_root=data", "--out_dir=c", "--max_iters=2",
                                   "--overwrite=True"])
