@@ -53,17 +53,16 @@ def check_model(config, model: GPT):
 
 def print_summary(model: GPT, changes: dict, iter_num: int) -> None:
     """The model's size and cost, what a resume changed, and a warning for a non-causal FFN."""
-    model_config = model.config
-    print(f"{model_config.ffn} GPT: {model.get_num_params() / 1e6:.2f}M parameters, "
+    print(f"{model.config.ffn} GPT: {model.get_num_params() / 1e6:.2f}M parameters, "
           f"{model.get_num_active_params() / 1e6:.2f}M active per token, "
           f"{model.flops_per_token() / 1e6:.1f} MFLOPs per token (fwd+bwd)")
     if changes:
         print("resumed at iter {}, changed: {}".format(iter_num, ", ".join(
             f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())))
     if not all(block.ffn.causal for block in model.transformer.h):
-        what = (f"this MoE (moe_routing={model_config.moe_routing!r}, capacity_factor="
-                f"{model_config.capacity_factor})" if model_config.ffn == "moe"
-                else f"this {model_config.ffn} model")
+        what = (f"this MoE (moe_routing={model.config.moe_routing!r}, capacity_factor="
+                f"{model.config.capacity_factor})" if model.config.ffn == "moe"
+                else f"this {model.config.ffn} model")
         print(f"warning: {what} is not causal: tokens compete for the experts with later "
               f"positions, so its val loss is better than a language model's could be; a "
               f"training baseline only (log.jsonl: causal false)", file=sys.stderr)
@@ -114,8 +113,7 @@ class OutDir:
         return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
 
     def release(self) -> None:
-        """The lock released; the folders this run made removed, if it wrote nothing (and
-        out_dir is still its own: never another run's folder put at its path)."""
+        """The lock released; the folders this run made removed if it wrote nothing there."""
         created = self.created if self.holds() else None
         os.close(self.fd)
         folder = os.path.abspath(self.path)
@@ -133,8 +131,7 @@ class OutDir:
             fd = os.open(name, flags | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
                          dir_fd=self.fd)
         except OSError as e:
-            why = "a symlink: this run writes no file through one" if e.errno == errno.ELOOP else (
-                e.strerror)
+            why = e.strerror if e.errno != errno.ELOOP else "a symlink: no write goes through one"
             fail(f"cannot write {os.path.join(self.path, name)} ({why}): remove it, or choose "
                  f"another --out_dir")
         return os.fdopen(fd, "ab" if flags & os.O_APPEND else "wb")
@@ -153,10 +150,9 @@ class OutDir:
 
     def prepare(self, resumed_iter) -> None:
         """The first write of a run, after every check. A new run starts an empty log, after
-        deleting the checkpoint of the run it overwrites. A resumed run keeps the log lines up to
-        resumed_iter, the last evaluation its checkpoint holds; those after it (evaluations that
-        a crash cut off before their checkpoint, or that saved none) are evaluated and written
-        again. A line cut off before its newline is dropped, blank lines are skipped."""
+        deleting the checkpoint it overwrites. A resumed run keeps the log lines up to resumed_iter,
+        the last evaluation its checkpoint holds: those after it (cut off before their checkpoint,
+        or with none) are evaluated again. A line cut off before its newline is dropped."""
         kept = []
         if resumed_iter is not None and os.path.exists(self.log_path):
             try:
@@ -206,9 +202,8 @@ class OutDir:
 
 
 def guard(function):
-    """function (train.main), Ctrl-C and SIGTERM one line until the run's first write (Run
-    takes them over there); then, however it ends, the out_dir it held released (and the folders
-    it made, if empty) and the handlers of SIGINT and SIGTERM as they were."""
+    """function (train.main), Ctrl-C and SIGTERM one line until Run takes them over; then,
+    however it ends, its out_dir released and the handlers of SIGINT and SIGTERM as they were."""
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         handlers = interrupts_in_one_line()
@@ -227,8 +222,7 @@ def guard(function):
 
 
 def save_checkpoint(checkpoint: dict, out: OutDir) -> None:
-    """Write atomically: an interrupted save leaves the previous checkpoint intact. A failed one
-    (a full disk) removes its temporary file and is one line."""
+    """Written atomically (an interrupted save keeps the previous one); a full disk: one line."""
     try:  # into a Python file: a full disk is then an OSError (ENOSPC), not a C++ RuntimeError
         out.replace("ckpt.pt", lambda f: torch.save(checkpoint, f))
     except OSError as e:
@@ -380,9 +374,8 @@ class Run:
             self.diverged("the train loss", iter_num)
 
     def stop_requested(self, iter_num: int) -> bool:
-        """Whether a signal stops the run after this step. Under DDP a signal reaches each
-        process at its own moment: at every log_interval-th step they agree on the largest (an
-        all-reduce, which waits for the GPU) and all stop after the same step."""
+        """Whether a signal stops the run after this step. Under DDP the processes agree on it
+        at every log_interval-th step (an all-reduce: a wait for the GPU), all after one step."""
         self.stop = self.received[0] if self.received and not self.ddp else 0
         if self.ddp and iter_num % self.config.log_interval == 0:
             flag = torch.tensor(self.received[0] if self.received else 0, device=self.device)

@@ -33,7 +33,7 @@ class GPTConfig:
     n_dense_layers: int = 0  # the first n blocks keep a dense FFN (the paper: the first half)
     n_experts: int = 32
     group_size: int = 32  # MoT: examples mixed together at each position (step 1)
-    expert_size: Optional[int] = None  # hidden width of one expert; None = FLOP-matched to dense
+    expert_size: Optional[int] = None  # width of one expert; None: expert FLOPs = dense FFN's
     temperature: float = 1.0  # MoT softmax temperature τ
     learnable_temperature: bool = False  # MoT: τ = exp(θ), θ learned
     mot_routing: str = "continuous"  # MoT: "continuous" (softmax) | "discrete" (argmax, τ → 0)
@@ -53,14 +53,11 @@ class GPTConfig:
         for field in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "n_experts",
                       "group_size", "moe_top_k"):
             require(getattr(self, field) > 0, field, "must be a positive integer")
-        require(self.ffn in FFNS, "ffn", f"must be one of {tuple(FFNS)}")
-        require(self.activation in ACTIVATIONS, "activation",
-                f"must be one of {tuple(ACTIVATIONS)}")
-        require(self.n_embd % self.n_head == 0, "n_embd",
-                f"must be divisible by n_head={self.n_head}")
+        require(self.ffn in FFNS, "ffn", f"must be in {tuple(FFNS)}")
+        require(self.activation in ACTIVATIONS, "activation", f"must be in {tuple(ACTIVATIONS)}")
+        require(self.n_embd % self.n_head == 0, "n_embd", f"not a multiple of n_head={self.n_head}")
         require(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
-        require(0 <= self.n_dense_layers <= self.n_layer, "n_dense_layers",
-                "must be in [0, n_layer]")
+        require(0 <= self.n_dense_layers <= self.n_layer, "n_dense_layers", "must be 0..n_layer")
         require(self.expert_size is None or self.expert_size > 0, "expert_size",
                 "must be positive, or None for the FLOP-matched width")
         require(self.temperature > 0, "temperature", "must be > 0")
@@ -102,9 +99,8 @@ class CausalSelfAttention(nn.Module):
             if cache:
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v  # (B, nh, past + T, hs)
-        # query i sits at position past + i: it sees every key up to there. A whole sequence
-        # (S == T) is the causal triangle; one new token (T == 1) sees every key, no mask (which
-        # leaves flash attention free to run it); else the triangle shifted by past (T, S)
+        # query i sits at position past + i and sees every key up to there: a whole sequence is
+        # the causal triangle; one new token sees every key (no mask: flash attention may run it)
         S = k.size(2)
         mask = (None if S == T or T == 1
                 else torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T))
@@ -115,32 +111,27 @@ class CausalSelfAttention(nn.Module):
 
 
 # ----------------------------------------------------------------------------- the FFNs
-# Every FFN maps (B, T, C) to (B, T, C), initialises itself, and provides:
-#   from_config(config)      build it from a GPTConfig (its constructor takes plain arguments)
-#   num_active_params()      the parameters whose multiply-adds one token pays for
-# and what the model and the loop need to know of it, as the attributes of FFN below. FFNS (below
-# the classes) maps GPTConfig.ffn to the class: a new FFN is one class and one line there.
+# Every FFN maps (B, T, C) to (B, T, C), initialises itself, and provides from_config(config)
+# (its constructor takes plain arguments), num_active_params() (the parameters whose multiply-adds
+# a token pays for) and the attributes of FFN below. FFNS (after the classes) maps GPTConfig.ffn
+# to the class: a new FFN is one class and one line there.
 
 
 class FFN(nn.Module):
     """The attributes GPT, train.py, convert.py and the tests read from an FFN layer, with the
     answers of a plain one; a layer sets those that differ (as a class or instance attribute)."""
-    # the batch must be whole groups of this many examples (MoT: its groups); in eval mode
-    # Block pads a partial group with zero rows, so that every FFN decodes one sequence
-    group_size = 1
+    group_size = 1  # the batch is whole groups of this many examples (eval: Block pads them)
     mixes_examples = False  # an example's output depends on the other examples of the batch
     causal = True  # a position's output depends on no later position
     upcyclable = None  # convert.upcycle may grow a dense FFN into it: "copies" | "slices" (of it)
     aux_loss = None  # a loss training adds, set by each forward (MoE: load balancing)
 
     def mixing_macs_per_token(self) -> int:
-        """Multiply-adds per token that are not a product with a parameter (MoT's merge and
-        emit); GPT.flops_per_token counts them with the active parameters."""
+        """Multiply-adds per token not with a parameter (MoT's merge and emit): FLOPs too."""
         return 0
 
 
-# The activation of every FFN of a GPT (GPTConfig.activation), the same for all so that
-# comparisons are fair.
+# The activation of every FFN of a GPT (GPTConfig.activation): one for all, a fair comparison
 def relu(x: torch.Tensor) -> torch.Tensor:
     """ReLU, the MoT authors' choice. In place: the matmul that produces x does not keep its
     output for the backward pass, and one large allocation less is measurably faster on a CPU."""
@@ -276,14 +267,12 @@ class MixtureOfTokens(FFN):
 
     @classmethod
     def from_config(cls, config: GPTConfig) -> "MixtureOfTokens":
-        return cls(n_embd=config.n_embd, n_experts=config.n_experts,
-                   group_size=config.group_size, expert_size=config.expert_size,
-                   temperature=config.temperature,
-                   learnable_temperature=config.learnable_temperature,
-                   routing=config.mot_routing, dropout=config.dropout,
-                   residual_init_std=config.residual_init_std,
-                   controller_init_std=config.controller_init_std,
-                   activation=config.activation, expert_bias=config.expert_bias)
+        return cls(n_embd=config.n_embd, n_experts=config.n_experts, group_size=config.group_size,
+                   expert_size=config.expert_size, temperature=config.temperature,
+                   learnable_temperature=config.learnable_temperature, routing=config.mot_routing,
+                   dropout=config.dropout, residual_init_std=config.residual_init_std,
+                   controller_init_std=config.controller_init_std, activation=config.activation,
+                   expert_bias=config.expert_bias)
 
     @staticmethod
     def flop_matched_expert_size(n_embd: int, n_experts: int, group_size: int) -> int:
@@ -305,9 +294,8 @@ class MixtureOfTokens(FFN):
                 f"temperature={self.temperature.item():.3g}, routing={routing}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, T, C) -> (B, T, C), in the steps of the class docstring. Letters: B batch,
-        T positions, C channels, G group_size, E experts, n groups (B/G: whole groups; in a GPT,
-        Block pads a partial group with zero rows in eval mode)."""
+        """x (B, T, C) -> (B, T, C), by the steps and letters of the class docstring; B is whole
+        groups (in a GPT, Block pads a partial group with zero rows in eval mode)."""
         B, T, C = x.shape
         G, E = self.group_size, self.controller.shape[1]
         # 1. group: example g·G + i is token i of group g. One copy into this layout, which the
@@ -325,15 +313,13 @@ class MixtureOfTokens(FFN):
         # 5. emit: each token gets back the expert outputs, weighted as it was merged
         out = self.get_emit_weights(logits, weights) @ y  # (n, T, G, C)
         if not self.training:  # kept for inspection (merge_entropy); a copy training skips
-            # kept in x's layout, (B, T, E): row b holds example b's weights, indexed as x and
-            # the output are (and as reference.loop_mot returns them); the softmax ran over the
-            # G axis of (n, T, G, E), which is B = n·G split in two: view(n, G, T, E) gets it back
+            # in x's layout (B, T, E), as reference.loop_mot returns them; the softmax ran over
+            # the G of (n, T, G, E), B = n·G split in two: view(n, G, T, E) gets it back
             self.merge_weights = weights.detach().transpose(1, 2).reshape(B, T, E)
         return self.dropout(out.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
 
     def get_merge_weights(self, logits: torch.Tensor) -> torch.Tensor:
-        """Step 2: a softmax over the G tokens of each group (dim -2), separately for each
-        position and expert."""
+        """Step 2: a softmax over the G tokens of each group (dim -2), per position and expert."""
         if self.discrete:  # the τ → 0 limit: each expert takes the top token of its group
             return torch.zeros_like(logits).scatter_(-2, logits.argmax(-2, keepdim=True), 1.0)
         return torch.softmax(logits / self.temperature, dim=-2)
@@ -343,9 +329,8 @@ class MixtureOfTokens(FFN):
         return merge_weights
 
     def merge_entropy(self) -> float:
-        """Mean entropy of the last eval-mode forward's merge weights over each group, divided
-        by log(G): 1 = every expert takes the plain average of its group, 0 = one token per
-        expert."""
+        """Mean entropy of the last eval-mode forward's merge weights over each group / log(G):
+        1 = every expert takes its group's plain average, 0 = one token per expert."""
         if self.merge_weights is None:
             raise RuntimeError("merge_entropy() summarises the merge weights of the last eval-mode "
                                "forward: call .eval() and run the layer (or its GPT) on a batch")
@@ -496,17 +481,14 @@ class Block(nn.Module):
         return x + self.ffn_in_groups(self.ln_2(x))
 
     def ffn_in_groups(self, x: torch.Tensor) -> torch.Tensor:
-        """The FFN on x (B, T, C), B whole groups of its group_size. In eval mode a partial group
-        is filled with zero rows, whose outputs are dropped: any grouped FFN decodes one sequence
-        (the zero rows take part in the mixing, so the real rows' outputs differ from those in a
-        group of real examples; GPT.generate's companions fill it with text instead)."""
+        """The FFN on x (B, T, C), whole groups of its group_size; in eval mode a partial group
+        is padded with zero rows (mixed in, then cut), so any grouped FFN decodes one sequence."""
         B, G = x.size(0), self.ffn.group_size
         if B % G == 0:
             return self.ffn(x)
         if self.training:
             raise ValueError(f"{type(self.ffn).__name__}: batch size {B} is not divisible by "
-                             f"group_size={G}; use a batch size that is a multiple of {G} or "
-                             f"change group_size")
+                             f"group_size={G}: use a multiple of {G} or change group_size")
         return self.ffn(F.pad(x, (0, 0, 0, 0, 0, G - B % G)))[:B]  # (B + padding, T, C), cut
 
 
@@ -543,8 +525,7 @@ class GPT(nn.Module):
         return [b.ffn for b in self.transformer.h if isinstance(b.ffn, kind)]
 
     def check_ids(self, idx: torch.Tensor) -> None:
-        """A ValueError unless every token id of idx is in [0, vocab_size): one read back to the
-        host, which waits for the GPU."""
+        """A ValueError unless every id of idx is in [0, vocab_size): a wait for the GPU."""
         V = self.config.vocab_size
         if not ((idx >= 0) & (idx < V)).all():
             raise ValueError(f"token ids must be in [0, vocab_size={V}): got ids from "
@@ -564,9 +545,8 @@ class GPT(nn.Module):
         if past + T > self.config.block_size:
             raise ValueError(f"sequence length {past + T} exceeds "
                              f"block_size={self.config.block_size}")
-        # checked where ids come from outside: a call in eval mode. In training they come from
-        # train.py's checked data, in generate's steps from the model itself (it checks the
-        # prompt once): there the check would wait for the GPU at every step
+        # checked where ids come from outside (eval mode), not from train.py's checked data or
+        # generate's own samples: there the check would wait for the GPU at every step
         if not (self.training or ids_checked or torch.compiler.is_compiling()):
             self.check_ids(idx)
         pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
@@ -619,9 +599,8 @@ class GPT(nn.Module):
                  top_k: Optional[int] = None, kv_cache: bool = True,
                  companions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Sample max_new_tokens after idx (B, T); temperature 0 = greedy (argmax). Call
-        model.eval() first. A grouped FFN (MoT, or any with group_size > 1) groups the B
-        sequences as in training; a partial group is padded with zero rows (Block.ffn_in_groups),
-        unless companions fill it.
+        model.eval() first. A grouped FFN (group_size > 1) groups the B sequences as in training;
+        a partial group is padded with zero rows (Block.ffn_in_groups) unless companions fill it.
 
         companions (K, L), L >= T + max_new_tokens: K windows of training text that join the
         batch after idx, so that a few sequences are grouped with real text as in training, fed
@@ -632,9 +611,7 @@ class GPT(nn.Module):
         and a step feeds the whole batch's tokens of one position, the groups of a full forward.
         The cache speeds up generation within block_size only: beyond it the learned positions
         shift with the cropped window, so each step recomputes the window (as kv_cache=False).
-
-        A step reads nothing back to the host (no wait for the GPU): the ids are checked once
-        here, and the steps feed back the model's own samples."""
+        A step reads nothing back to the host: the ids are checked once, here."""
         B, T = idx.shape
         if temperature < 0:
             raise ValueError(f"temperature={temperature}: use 0 for greedy decoding or > 0")
