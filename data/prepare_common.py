@@ -94,6 +94,13 @@ def command_line(description: str) -> None:
     parser.parse_args()
 
 
+def check_characters(n_chars: int, source: str) -> None:
+    """One line naming the text, when it has more distinct characters than uint16 ids can hold."""
+    if n_chars > 2**16:
+        fail(f"{n_chars:,} distinct characters in {source}: more than uint16 token ids can hold "
+             f"(65,536); use a text with fewer")
+
+
 def write_tokens(ids, path: str) -> None:
     """ids as uint16 at path; none, or one beyond uint16, is one line naming the file."""
     ids = np.asarray(ids)

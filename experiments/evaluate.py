@@ -157,22 +157,22 @@ def main(argv=None) -> None:
         if not os.path.isfile(os.path.join(out_dir, "ckpt.pt")):
             fail(f"no checkpoint at {os.path.join(out_dir, 'ckpt.pt')}: give run directories "
                  f"that train.py wrote")
-    if args.windows:
-        print("| run | model (last FFN) | iter | groups of (a) with overlapping windows "
+    header = ("| run | model (last FFN) | iter | groups of (a) with overlapping windows "
               "| (a) val loss, windows as train.py draws them "
               "| (b) no two windows of a group overlapping "
-              "| (c) each window beside its one-token shift |")
-        print("|---|---|---|---|---|---|---|")
-    else:
-        print("| run | model (last FFN) | iter | val loss, grouped as trained "
-              "| one sequence at a time | one sequence at a time, with companions |")
-        print("|---|---|---|---|---|---|")
-    for out_dir in args.out_dirs:
+              "| (c) each window beside its one-token shift |\n" + "|---" * 7 + "|"
+              if args.windows else
+              "| run | model (last FFN) | iter | val loss, grouped as trained "
+              "| one sequence at a time | one sequence at a time, with companions |\n"
+              + "|---" * 6 + "|")
+    for number, out_dir in enumerate(args.out_dirs):
         try:  # the run's settings (config) too: its data, batches and seed are evaluated
             model, checkpoint = convert.from_checkpoint(os.path.join(out_dir, "ckpt.pt"),
                                                         args.device, needs=("config",))
         except ValueError as e:
             fail(str(e))
+        if number == 0:  # after the first checkpoint loads: a bad one is one line, no table
+            print(header)
         # the run's settings as dataset.eval_batches reads them (attributes, as of a TrainConfig);
         # the optimizer's state, still on the disk, is let go with the rest
         saved, iter_num = checkpoint["config"], checkpoint["iter_num"]

@@ -525,7 +525,7 @@ CASES = [
          write("fresh/input.txt", ""), id="prepare char of an empty input.txt"),
     case("data/shakespeare_char/prepare.py", [CHAR], ["train.bin"],
          write(f"{CHAR}/input.txt", "a"), id="prepare char of a 1-character input.txt"),
-    case("data/shakespeare_char/prepare.py", [CHAR], ["val.bin"],
+    case("data/shakespeare_char/prepare.py", [CHAR], [f"{CHAR}/input.txt", "70,000"],
          write(f"{CHAR}/input.txt", WIDE), id="prepare char of 70,000 distinct characters"),
     case("data/shakespeare/prepare.py", [CHAR], [f"{CHAR}/input.txt"],
          write(f"{CHAR}/input.txt", b"\x80abc"), id="prepare shakespeare not UTF-8"),
@@ -605,7 +605,7 @@ CLI_CASES = [  # (command, setup, names): the scripts as a user runs them, in th
                  id="prepare char in a read-only folder"),
     pytest.param(["data/shakespeare_char/prepare.py", "--out_dir=x"], prepare_here(),
                  ["--out_dir=x"], id="prepare char with an argument"),
-    pytest.param(["-O", "data/shakespeare_char/prepare.py"], prepare_here(WIDE), ["val.bin"],
+    pytest.param(["-O", "data/shakespeare_char/prepare.py"], prepare_here(WIDE), ["input.txt"],
                  id="python -O prepare char of 70,000 distinct characters"),
 ]
 

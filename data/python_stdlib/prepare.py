@@ -24,7 +24,8 @@ import sysconfig
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from prepare_common import command_line, fail, staged, write_meta, write_tokens  # noqa: E402
+from prepare_common import (check_characters, command_line, fail, staged,  # noqa: E402
+                            write_meta, write_tokens)
 
 SKIPPED_DIRS = {"site-packages", "dist-packages", "__pycache__"}  # installed packages, bytecode
 
@@ -60,9 +61,7 @@ def prepare(out_dir: str, source_dir: str) -> None:
     for c in codes.values():
         present[c] = True
     vocab = np.flatnonzero(present)  # the distinct code points, sorted
-    if len(vocab) > 2**16:
-        fail(f"{len(vocab)} distinct characters in {source_dir}: more than uint16 token ids can "
-             f"hold (65536)")
+    check_characters(len(vocab), source_dir)
     token_of = np.zeros(sys.maxunicode + 1, dtype=np.uint16)
     token_of[vocab] = np.arange(len(vocab))
     chars = [chr(c) for c in vocab]

@@ -5,13 +5,15 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from prepare_common import (command_line, read_or_download, staged, write_meta,  # noqa: E402
-                            write_tokens)
+from prepare_common import (check_characters, command_line, read_or_download,  # noqa: E402
+                            staged, write_meta, write_tokens)
 
 
 def prepare(out_dir: str) -> None:
-    text = read_or_download(os.path.join(out_dir, "input.txt"))
+    source = os.path.join(out_dir, "input.txt")
+    text = read_or_download(source)
     chars = sorted(set(text))
+    check_characters(len(chars), source)
     stoi = {ch: i for i, ch in enumerate(chars)}
     ids = [stoi[ch] for ch in text]
     n = int(0.9 * len(ids))
