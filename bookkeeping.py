@@ -1,6 +1,6 @@
 """
-train.py's run bookkeeping, which a reader of the training loop can skip: the data and model
-checked against the run it starts from (checkpoints.load_start's), before anything is written;
+train.py's run bookkeeping, which a reader of the training loop can skip: the model checked
+against the settings (checkpoints.py checks the data against the run it starts from), first;
 out_dir held by one run at a time (OutDir); the run (Run): its training seconds, log.jsonl and
 W&B, checkpoints saved atomically and never with weights that diverged, every process's random
 streams for an exact resume, Ctrl-C and SIGTERM.
@@ -80,19 +80,18 @@ class OutDir:
     held = []  # the OutDirs this process holds, for guard to release
 
     def __init__(self, config, hold: bool):
-        self.path, self.fd, self.created = config.out_dir, None, None
+        self.path, self.fd, self.made_root = config.out_dir, None, None
         self.ckpt_path, self.log_path = (os.path.join(config.out_dir, name)
                                          for name in ("ckpt.pt", "log.jsonl"))
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             fail(f"out_dir={self.path!r} is a file: give a directory")
         if hold:
             try:
-                made = self.path  # the topmost folder this run makes, for release
-                while not os.path.isdir(os.path.dirname(os.path.abspath(made)) or "/"):
-                    made = os.path.dirname(os.path.abspath(made))
-                if not os.path.isdir(self.path):
+                if not os.path.isdir(self.path):  # release removes what it makes, if unused
+                    self.made_root = os.path.abspath(self.path)  # the topmost folder it makes
+                    while not os.path.isdir(os.path.dirname(self.made_root)):
+                        self.made_root = os.path.dirname(self.made_root)
                     os.makedirs(self.path)
-                    self.created = os.path.abspath(made)
                 self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -114,12 +113,12 @@ class OutDir:
 
     def release(self) -> None:
         """The lock released; the folders this run made removed if it wrote nothing there."""
-        created = self.created if self.holds() else None
+        made_root = self.made_root if self.holds() else None
         os.close(self.fd)
         folder = os.path.abspath(self.path)
-        while created and os.path.isdir(folder) and not os.listdir(folder):
+        while made_root and os.path.isdir(folder) and not os.listdir(folder):
             os.rmdir(folder)
-            folder = os.path.dirname(folder) if folder != created else ""
+            folder = os.path.dirname(folder) if folder != made_root else ""
 
     def open(self, name: str, flags: int):
         """A file object on out_dir/name, opened through the held folder, never through a

@@ -1,7 +1,8 @@
 """
 How a run starts from a checkpoint, for train.py (load_start) and every reader of one
 (load_checkpoint): resume, another run's out_dir (finetune, transition, upcycle) or GPT-2's
-weights; the settings each keeps, and the random streams that make a resume exact.
+weights; the settings each keeps, the data checked against it (check_data), and the random
+streams that make a resume exact.
 """
 
 import os

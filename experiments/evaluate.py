@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mot.py, ...
-import convert  # noqa: E402
+from checkpoints import load_checkpoint  # noqa: E402
 from configurator import fail  # noqa: E402
 from dataset import eval_batches, get_batch, load, windows  # noqa: E402
 from devices import device_problem  # noqa: E402
@@ -166,11 +166,9 @@ def main(argv=None) -> None:
               "| one sequence at a time | one sequence at a time, with companions |\n"
               + "|---" * 6 + "|")
     for number, out_dir in enumerate(args.out_dirs):
-        try:  # the run's settings (config) too: its data, batches and seed are evaluated
-            model, checkpoint = convert.from_checkpoint(os.path.join(out_dir, "ckpt.pt"),
-                                                        args.device, needs=("config",))
-        except ValueError as e:
-            fail(str(e))
+        # the run's settings (config) too: its data, batches and seed are evaluated
+        model, checkpoint = load_checkpoint(os.path.join(out_dir, "ckpt.pt"), args.device,
+                                            needs=("config",))
         if number == 0:  # after the first checkpoint loads: a bad one is one line, no table
             print(header)
         # the run's settings as dataset.eval_batches reads them (attributes, as of a TrainConfig);

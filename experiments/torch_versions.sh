@@ -3,7 +3,7 @@
 # repository (torch from the package registry, the default wheel, which runs on a CPU, and
 # requirements-dev.txt's other packages), then the README's test command with its python, then
 # the counts and the wall time. Not run by CI (CI keeps one torch). Each environment is about
-# 5 GB; the tests take about 8 minutes on 2 otherwise idle CPU cores (docs/gpus.md#which-torch).
+# 5 GB; the tests took 6-7 minutes per version on 2 CPU cores (docs/gpus.md#which-torch).
 #
 #   bash experiments/torch_versions.sh 2.11.0 2.10.0          # venvs in ../venv-torch-VERSION
 #   PYTHON=python3.12 VENVS=/tmp KEEP=0 bash experiments/torch_versions.sh 2.11.0

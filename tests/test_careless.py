@@ -870,17 +870,16 @@ def test_what_looks_careless_but_is_fine(here, capsys, monkeypatch):
     train.main(["--out_dir=zero", "--init_from=resume", "--max_iters=2"])
     assert [r["iter"] for r in log_of("zero")] == [0, 2]
     monkeypatch.chdir(here)
-    with open("precious", "w") as f:
-        f.write("a file of the user's\n")
     for name in ("ckpt.pt", "log.jsonl", "run.lock"):  # no run.lock is made, or written
         if os.path.exists(f"c/{name}"):
             os.remove(f"c/{name}")
-        os.symlink(os.path.abspath("precious"), f"c/{name}")
+        symlink(f"c/{name}")(monkeypatch)
     train.main(["c.py"] + tiny + ["--data_root=data", "--out_dir=c", "--max_iters=2",
                                   "--overwrite=True"])
     with open("precious") as f:
         assert f.read() == "a file of the user's\n"
     assert not any(os.path.islink(f"c/{name}") for name in ("ckpt.pt", "log.jsonl"))
+    assert os.path.islink("c/run.lock")  # left alone
     assert [r["iter"] for r in log_of("c")] == [0, 2]
     capsys.readouterr()
     for flag in ("--help", "-h"):
